@@ -20,7 +20,6 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -178,21 +177,6 @@ class _Outbox:
             self._send(call)
 
 
-@dataclass(slots=True)
-class _Entry:
-    ref: pykka.ActorRef[Any]
-    last_used: float
-    asked_to_stop: bool = False
-
-    def ask_to_stop(self) -> None:
-        """Send one passivation request; never another before the actor answers it."""
-        if self.asked_to_stop:
-            return
-        self.asked_to_stop = True
-        with contextlib.suppress(pykka.ActorDeadError):
-            ask(self.ref, "passivate")
-
-
 class ActorDirectory:
     """Finds or spawns the actor of a user, and passivates idle actors."""
 
@@ -201,7 +185,12 @@ class ActorDirectory:
         self.idle_timeout = idle_timeout
         self.max_live = max_live
         self._lock = threading.Lock()
-        self._actors: OrderedDict[str, _Entry] = OrderedDict()
+        # A live user is its actor's reference here, and no other object the collector walks:
+        # when each was last used (floats) and which were asked to stop (strings) are in a
+        # dict the collector does not track and in one set.
+        self._actors: OrderedDict[str, pykka.ActorRef[Any]] = OrderedDict()  # LRU first
+        self._last_used: dict[str, float] = {}
+        self._asked_to_stop: set[str] = set()
         self._spawning: dict[str, list[_PendingCall]] = {}
         self._releasing: dict[str, threading.Event] = {}  # user -> set when the release ends
         self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
@@ -227,10 +216,10 @@ class ActorDirectory:
         """
         while True:
             with self._lock:
-                entry = self._touch(user_id)
-                if entry is not None:
+                ref = self._touch(user_id)
+                if ref is not None:
                     try:
-                        return ask(entry.ref, method, *args)
+                        return ask(ref, method, *args)
                     except pykka.ActorDeadError:
                         self._forget_dead(user_id)
             self._spawn_entry(user_id)
@@ -242,39 +231,38 @@ class ActorDirectory:
         with self._lock:
             if self._stopped.is_set():
                 raise MemoryClosedError(_STOPPED)
-            entry = self._actors.get(user_id)
-            if entry is None:
+            ref = self._actors.get(user_id)
+            if ref is None:
                 return None
             try:
-                return ask(entry.ref, method, *args)
+                return ask(ref, method, *args)
             except pykka.ActorDeadError:
                 self._forget_dead(user_id)
                 return None
 
-    def _touch(self, user_id: str) -> _Entry | None:
+    def _touch(self, user_id: str) -> pykka.ActorRef[Any] | None:
         """The user's live actor, marked as just used (lock held)."""
         if self._stopped.is_set():
             raise MemoryClosedError(_STOPPED)
-        entry = self._actors.get(user_id)
-        if entry is not None:
+        ref = self._actors.get(user_id)
+        if ref is not None:
             self._actors.move_to_end(user_id)
-            entry.last_used = time.monotonic()
-        return entry
+            self._last_used[user_id] = time.monotonic()
+        return ref
 
     def _forget_dead(self, user_id: str) -> None:
         """Drop an actor that died on its own (lock held); the next call spawns anew."""
         log.warning("the actor of user %r had died; starting a new one", user_id)
-        del self._actors[user_id]
+        self._unregister(user_id)
 
     def _spawn_entry(self, user_id: str) -> None:
         """Start an actor for ``user_id`` and register it, unless another call won."""
         ref = self._spawn(user_id, self._retire)
-        entry = _Entry(ref, time.monotonic())
         with self._unreleased(user_id):
             if user_id in self._actors or self._stopped.is_set():
                 ref.stop(block=False)
                 return
-            self._register(user_id, entry)
+            self._register(user_id, ref)
 
     @contextlib.contextmanager
     def _unreleased(self, user_id: str) -> Iterator[None]:
@@ -311,14 +299,30 @@ class ActorDirectory:
             done.set()
         return True
 
-    def _register(self, user_id: str, entry: _Entry) -> None:
+    def _register(self, user_id: str, ref: pykka.ActorRef[Any]) -> None:
         """Add a live actor (lock held); ask the least recently used beyond the cap to stop."""
-        self._actors[user_id] = entry
+        self._actors[user_id] = ref
+        self._last_used[user_id] = time.monotonic()
         self.spawned += 1
         excess = len(self._actors) - self.max_live
         if excess > 0:
-            for old in itertools.islice(self._actors.values(), excess):
-                old.ask_to_stop()
+            for old in list(itertools.islice(self._actors, excess)):
+                self._ask_to_stop(old)
+
+    def _unregister(self, user_id: str) -> None:
+        """Remove a user's actor from the directory (lock held)."""
+        del self._actors[user_id]
+        del self._last_used[user_id]
+        self._asked_to_stop.discard(user_id)
+
+    def _ask_to_stop(self, user_id: str) -> None:
+        """Send the user's actor one passivation request (lock held); never another before
+        the actor answers it."""
+        if user_id in self._asked_to_stop:
+            return
+        self._asked_to_stop.add(user_id)
+        with contextlib.suppress(pykka.ActorDeadError):
+            ask(self._actors[user_id], "passivate")
 
     def call_async(
         self,
@@ -373,10 +377,10 @@ class ActorDirectory:
         user_id = call.user_id
         try:
             with self._lock:
-                entry = self._touch(user_id)
-                if entry is not None:
+                ref = self._touch(user_id)
+                if ref is not None:
                     try:
-                        call.send(entry.ref)
+                        call.send(ref)
                         return
                     except pykka.ActorDeadError:
                         self._forget_dead(user_id)
@@ -398,7 +402,6 @@ class ActorDirectory:
         """Spawn ``user_id``'s actor, then send it the calls that waited, in order."""
         try:
             ref = self._spawn(user_id, self._retire)
-            entry = _Entry(ref, time.monotonic())
         except Exception as error:
             log.exception("could not start the actor of user %r", user_id)
             with self._lock:
@@ -412,14 +415,14 @@ class ActorDirectory:
             if existing is not None or self._stopped.is_set():
                 ref.stop(block=False)
             else:
-                self._register(user_id, entry)
-            target = existing or entry
+                self._register(user_id, ref)
+            target = ref if existing is None else existing
             for call in waiting:
                 if self._stopped.is_set():
                     call.fail(MemoryClosedError(_STOPPED))
                     continue
                 try:
-                    call.send(target.ref)
+                    call.send(target)
                 except Exception as error:
                     call.fail(error)
 
@@ -440,13 +443,12 @@ class ActorDirectory:
         """An actor answers a passivation request: remove it unless it is ``busy`` or a
         message is on its way to it. Returns whether the actor must stop."""
         with self._lock:
-            entry = self._actors.get(user_id)
-            if entry is None or entry.ref is not ref:
+            if self._actors.get(user_id) is not ref:
                 return not busy
-            entry.asked_to_stop = False
+            self._asked_to_stop.discard(user_id)
             if busy or not ref.actor_inbox.empty():
                 return False
-            del self._actors[user_id]
+            self._unregister(user_id)
             self.retired += 1
             return True
 
@@ -455,13 +457,13 @@ class ActorDirectory:
         limit = self.idle_timeout if older_than is None else older_than
         now = time.monotonic()
         with self._lock:
-            candidates = [e for e in self._actors.values() if now - e.last_used >= limit]
+            candidates = [u for u, used in self._last_used.items() if now - used >= limit]
             excess = len(self._actors) - self.max_live
             if excess > 0:
-                seen = {id(e) for e in candidates}
-                candidates += [e for e in list(self._actors.values())[:excess] if id(e) not in seen]
-            for entry in candidates:
-                entry.ask_to_stop()
+                seen = set(candidates)
+                candidates += [u for u in itertools.islice(self._actors, excess) if u not in seen]
+            for user_id in candidates:
+                self._ask_to_stop(user_id)
 
     def end_spawns(self) -> None:
         """Start no actor from now on, and return once those starting are live with the
@@ -476,10 +478,12 @@ class ActorDirectory:
         self.end_spawns()
         with self._lock:
             self._stopped.set()
-            entries = list(self._actors.values())
+            refs = list(self._actors.values())
             self._actors.clear()
+            self._last_used.clear()
+            self._asked_to_stop.clear()
         self._reaper.join(timeout=5)
-        futures = [e.ref.stop(block=False) for e in entries]
+        futures = [ref.stop(block=False) for ref in refs]
         for future in futures:
             try:
                 future.get(timeout=timeout)

@@ -51,7 +51,7 @@ async def test_a_write_that_lost_a_race_after_its_actor_stopped_is_decided_by_th
     await memory.add_exchange("ann", "I live in Oslo.", "Nice.")
     assert memory._engine is not None
     directory = memory._engine.directory
-    ref = directory._actors["ann"].ref
+    ref = directory._actors["ann"]
     actor = ref._actor_weakref()
     await asyncio.to_thread(directory.passivate_idle, 0.0)
     assert await asyncio.to_thread(ref.actor_stopped.wait, 10)
