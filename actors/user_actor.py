@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 import pykka
+from pykka.messages import ProxyCall
 
 from actors._bridge import BridgedFuture, Reply
 from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_delay
@@ -194,6 +195,13 @@ class UserActor(PooledActor):
             self._self_proxy = self.actor_ref.proxy()
         return self._self_proxy
 
+    def _start_queued_next(self) -> None:
+        """Have :meth:`start_queued` run as this actor's next message, as a call through
+        :attr:`_myself` would, without making the proxy: a proxy introspects the actor
+        into some 30 objects it keeps for the actor's life, for the collector to walk,
+        and every owner that takes a user's lease sends itself this message."""
+        self.actor_ref.ask(ProxyCall(attr_path=("start_queued",), args=(), kwargs={}), block=False)
+
     def on_stop(self) -> None:
         release = self._services.release_lease
         if release is not None and self._owner:
@@ -269,7 +277,7 @@ class UserActor(PooledActor):
                 covered,
             )
         if ended and not self._unended:
-            self._myself.start_queued()
+            self._start_queued_next()
             if self._services.settings.auto_process:
                 self._wake_in(self._services.backoff.failed(self.user_id))
         else:
@@ -688,7 +696,7 @@ class UserActor(PooledActor):
         self._last_write = self._services.committer.submit(write)
         self._maybe_checkpoint()
         if auto_task is not None and self._is_owner():
-            self._myself.start_queued()
+            self._start_queued_next()
 
     def write_failed(self, epoch: int) -> None:
         """A pipelined write of ``epoch`` failed: reload the log before the next command."""
@@ -1062,7 +1070,7 @@ class UserActor(PooledActor):
             self._owner = True if leases is None else leases.try_acquire(self.user_id)
             self._took_over = self._owner and leases is not None
             if self._took_over:  # close the last owner's tasks now, not at the next request
-                self._myself.start_queued()
+                self._start_queued_next()
         return self._owner
 
     def _lease_held(self) -> bool:
@@ -1121,7 +1129,7 @@ class UserActor(PooledActor):
         and a reload after a conflict (an append's, say) brings the copy here up to date,
         so following other processes' writes would find nothing new to act on."""
         if user_log.requested and self._services.store_backoff.remaining(self.user_id) <= 0:
-            self._myself.start_queued()  # (a start the store refused waits its backoff)
+            self._start_queued_next()  # (a start the store refused waits its backoff)
 
     def _forget_log(self) -> None:
         """Drop the in-memory log so the next command reloads it from the store.

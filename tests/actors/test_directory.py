@@ -273,7 +273,8 @@ async def test_an_idle_user_keeps_few_objects_for_the_collector(make_memory: Any
     """Every full collection walks each tracked object a live user keeps while idle, a
     thousand users' worth at a time: the actor's reference (the directory's entry) and
     its weak reference, its inbox (its stopped flag too), the actor (no dict of its own)
-    and the user's log with its list of pending events and its id. Objects a Memory
+    and the user's log with its list of pending events and its id; no proxy of the
+    actor (on PostgreSQL the owner taking the lease messages itself). Objects a Memory
     keeps whatever its users, that another user's actor reaches too (an enum member) or
     that the inboxes share (a lock of a fixed few each) are not counted."""
     memory: Memory = await make_memory()
