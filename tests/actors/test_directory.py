@@ -290,12 +290,15 @@ async def test_an_idle_user_keeps_few_objects_for_the_collector(make_memory: Any
 
 
 async def test_users_whose_actors_stopped_leave_no_objects_for_the_collector(
-    make_memory: Any,
+    make_memory: Any, db_url: str
 ) -> None:
     """A user whose actor stopped keeps nothing alive that the collector walks, however
     many such users came and went (the writer still remembers each log as checked, as an
     integer). Dead weak references are left out: each SQLite connection keeps up to 200
-    of its closed cursors', however many users."""
+    of its closed cursors', however many users. SQLite's alone: on PostgreSQL the writer
+    remembers no checked logs, and the driver's own caches fill over the first writes."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the writer remembers checked logs on SQLite only")
     memory: Memory = await make_memory(config={"max_live_actors": 5})
     engine = memory._engine
     assert engine is not None
