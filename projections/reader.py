@@ -524,24 +524,26 @@ class ProjectionReader:
     def users_with_failed_run_waiting(self, connection: Connection) -> list[str]:
         """Users whose latest task to end ended FAILED (a failure that may pass, a shutdown)
         and who have messages buffered that no task holds: a retry was owed them, which
-        the engine that owed it took with it when it closed."""
+        the engine that owed it took with it when it closed.
+
+        Read from the buffer's partial index first, then each such user's latest ended
+        task through the index of tasks by their end: it costs what the waiting users
+        number, however many tasks any of them failed before."""
         m, t, u = self.tables.messages, self.tables.tasks, self.tables.users
-        ended = t.alias("ended")
-        latest = (
-            select(func.max(ended.c.finished_version))
-            .where(ended.c.log_id == t.c.log_id)
-            .scalar_subquery()
-        )
-        failed_last = select(t.c.log_id).where(
-            t.c.status == "FAILED", t.c.finished_version == latest
-        )
         waiting = select(m.c.log_id).where(
             _buffered(m), m.c.task_id.is_(None), m.c.quarantined == 0
+        )
+        last_status = (
+            select(t.c.status)
+            .where(t.c.log_id == u.c.log_id, t.c.finished_version.is_not(None))
+            .order_by(t.c.finished_version.desc())
+            .limit(1)
+            .scalar_subquery()
         )
         in_order = in_code_point_order(u.c.user_id, connection.dialect.name)
         rows = connection.execute(
             select(u.c.user_id)
-            .where(u.c.log_id.in_(failed_last), u.c.log_id.in_(waiting))
+            .where(u.c.log_id.in_(waiting), last_status == "FAILED")
             .order_by(in_order)
         )
         return [r[0] for r in rows]

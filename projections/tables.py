@@ -91,6 +91,9 @@ class ProjectionTables:
             Column("finished_version", Integer, nullable=True),
             Column("extractor", String(MAX_EXTRACTOR_CHARS), nullable=True),
             Column("model", String(MAX_MODEL_CHARS), nullable=True),
+            # A user's latest ended task is read off its end, with no walk of every task
+            # the user ever ran (a reopen reads it for each user with messages waiting).
+            Index(f"{prefix}tasks_by_end", "log_id", "finished_version"),
         )
         self.usage = Table(
             f"{prefix}usage",

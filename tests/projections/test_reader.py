@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -12,11 +13,12 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from events import EventStore, user_log_id
+from events import EventStore, sqlite_url, user_log_id
 from memvee import ProcessingError
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionReader, ProjectionTables, Projector
 from tests.support.backends import postgres_url
+from tests.support.sqlite_steps import counted_steps
 
 
 def _reader_of(memory: Any) -> tuple[Any, ProjectionReader]:
@@ -387,3 +389,68 @@ async def test_users_whose_last_run_failed_with_messages_waiting_are_found_and_n
     engine, reader = _reader_of(memory)
     with engine.store.engine.connect() as connection:
         assert reader.users_with_failed_run_waiting(connection) == ["ann"]
+
+
+def test_the_users_owed_a_retry_are_found_in_steps_that_do_not_grow_with_one_users_failed_tasks(
+    tmp_path: Path,
+) -> None:
+    """What a reopen reads at once: ann, with a message waiting, failed 300 or 3,000
+    runs; each user's latest ended task is read off an index, so ten times her failures
+    cost about the same SQLite steps (it took minutes at open for 20,000 of them)."""
+    steps: dict[int, int] = {}
+    for failures in (300, 3_000):
+        store = EventStore(sqlite_url(tmp_path / f"failed{failures}.db"))
+        tables = ProjectionTables()
+        try:
+            with store.transaction() as connection:
+                Projector(tables).create(connection)
+                users = ["ann", *(f"u{n:03d}" for n in range(50))]
+                connection.execute(tables.users.insert(), [_user(u) for u in users])
+                connection.execute(tables.messages.insert(), [_waiting(u) for u in users])
+                ended = [_task("ann", "FAILED", v) for v in range(1, failures + 1)]
+                ended += [_task(u, "COMPLETED", 1) for u in users[1:]]
+                connection.execute(tables.tasks.insert(), ended)
+            reader = ProjectionReader(tables)
+            steps[failures], found = counted_steps(store, reader.users_with_failed_run_waiting)
+            assert found == ["ann"]
+        finally:
+            store.close()
+    assert steps[3_000] < 1.5 * steps[300], steps
+
+
+def _waiting(user: str) -> dict[str, Any]:
+    """A message of ``user`` buffered, held by no task."""
+    return {
+        "message_id": str(uuid4()),
+        "log_id": str(user_log_id(user)),
+        "seq": 1,
+        "version": 1,
+        "role": "user",
+        "content": "I live in Oslo.",
+        "sent_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "name": None,
+        "buffered": 1,
+        "task_id": None,
+        "quarantined": 0,
+    }
+
+
+def _task(user: str, status: str, finished_version: int) -> dict[str, Any]:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    return {
+        "task_id": str(uuid4()),
+        "log_id": str(user_log_id(user)),
+        "trigger": "retry",
+        "status": status,
+        "message_count": 1,
+        "batches": 1,
+        "knowledge_count": 0,
+        "error": None,
+        "requested_at": moment,
+        "started_at": moment,
+        "finished_at": moment,
+        "requested_version": finished_version,
+        "finished_version": finished_version,
+        "extractor": None,
+        "model": None,
+    }
