@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import math
@@ -384,42 +385,86 @@ class ExtractionWorkers:
             if held.dropped:
                 raise self._dropped(batch)
             try:
-                try:
-                    async with asyncio.timeout(self.timeout):  # a custom prepare() may hang too
-                        await self._prepare()
-                finally:  # a failed prepare's text may show the client's key too
-                    self._gather()
-                began = self._loop.time()
-                async with asyncio.timeout(self.timeout) as cut:
-                    # Each batch runs in a task of its own: the value ends with its context.
-                    extraction_deadline.set(cut.when())
-                    try:
-                        result = await self._answer(batch)
-                    finally:  # a client the call made itself may show in its failure
-                        self._gather()
-                self._note_blocking(batch, self._loop.time() - began)
-            except TimeoutError:
-                self.breaker.failed()
-                timed_out = ExtractionError(
-                    f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
-                )
-                raise await self._judged(batch, timed_out, held) from None
-            except Exception as error:
-                if isinstance(error, RejectedBatchError) and error.reason is not None:
-                    ids = [m.message_id for m in batch.messages]
-                    probed = error.probe_accepted
-                    if self.breaker.refused(ids, error.reason, probe_accepted=probed):
-                        raise EveryBatchRefused(error) from error
-                elif repeats(error):  # an answer, even a model's refusal: the API is up
-                    self.breaker.succeeded()
-                else:
-                    self.breaker.failed(asked_to_wait(error))
-                    judged = await self._judged(batch, error, held)
-                    if judged is not error:  # a copy keeps its own cause: the SDK's error
-                        raise judged from judged.__cause__ or error
-                raise
+                result = await self._attempt(batch, held)
+            except ProbeFailedError as failure:
+                if not _known_entries_suspected(failure, batch):
+                    raise
+                result = await self._without_known(batch, failure, held)
         self.breaker.accepted()
         return check_result(result, self.extractor.name)
+
+    async def _attempt(self, batch: ExtractionBatch, held: _Held) -> object:
+        """One extraction of ``batch`` in the slot held: the extractor's answer, or its
+        failure as the breaker and a harmless request judge it (:meth:`_judged`)."""
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):  # a custom prepare() may hang too
+                    await self._prepare()
+            finally:  # a failed prepare's text may show the client's key too
+                self._gather()
+            began = self._loop.time()
+            async with asyncio.timeout(self.timeout) as cut:
+                # Each batch runs in a task of its own: the value ends with its context.
+                extraction_deadline.set(cut.when())
+                try:
+                    result = await self._answer(batch)
+                finally:  # a client the call made itself may show in its failure
+                    self._gather()
+            self._note_blocking(batch, self._loop.time() - began)
+        except TimeoutError:
+            self.breaker.failed()
+            timed_out = ExtractionError(
+                f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
+            )
+            raise await self._judged(batch, timed_out, held) from None
+        except Exception as error:
+            if isinstance(error, RejectedBatchError) and error.reason is not None:
+                ids = [m.message_id for m in batch.messages]
+                probed = error.probe_accepted
+                if self.breaker.refused(ids, error.reason, probe_accepted=probed):
+                    raise EveryBatchRefused(error) from error
+            elif repeats(error):  # an answer, even a model's refusal: the API is up
+                self.breaker.succeeded()
+            else:
+                self.breaker.failed(asked_to_wait(error))
+                judged = await self._judged(batch, error, held)
+                if judged is not error:  # a copy keeps its own cause: the SDK's error
+                    raise judged from judged.__cause__ or error
+            raise
+        return result
+
+    async def _without_known(
+        self, batch: ExtractionBatch, failure: ProbeFailedError, held: _Held
+    ) -> object:
+        """``batch``, a lone message whose request showing known entries was refused (the
+        probe that would tell whose fault failed, a harmless request then accepted),
+        extracted once more without them: the refusal may be an entry's, and blaming the
+        message for it would quarantine a healthy one. Refused again, the message is
+        (split and quarantined as any refusal); the first try's tokens count either way."""
+        left_out = ",".join(entry.entry_id for entry in batch.known)
+        log.warning(
+            "task %s: a request showing known entries was refused and the probe of whose "
+            "fault it is failed (%s): the message is extracted once more without entries %s",
+            batch.task_id,
+            self._shown(failure),
+            left_out,
+        )
+        spent = failure.usage or TokenUsage()
+        try:
+            result = await self._attempt(dataclasses.replace(batch, known=()), held)
+        except ExtractionError as again:
+            raise _with_spent(again, spent, self.credentials()) from again.__cause__
+        if not isinstance(result, ExtractionResult):
+            return result  # check_result refuses it
+        usage = result.usage.plus(spent)
+        return dataclasses.replace(
+            result,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            notes={**result.notes, "known_entries_left_out": left_out},
+        )
 
     async def _judged(self, batch: ExtractionBatch, failure: Exception, held: _Held) -> Exception:
         """What ``batch``'s failure that may pass (counted by the breaker already) tells:
@@ -435,9 +480,10 @@ class ExtractionWorkers:
         limited or refused otherwise, it tells nothing (the failure is told as it was). A
         refusal whose probe failed (:class:`ProbeFailedError`), the harmless request
         accepted, is no refusal of every request: the batch's own (split like any refusal)
-        or, with known entries shown, a failure counted against a lone message
-        (:func:`_refused_alone`), so a lone message the API refuses is quarantined however
-        its probes fare, rather than retried by every run. Its
+        or, with known entries shown, a failure that may pass, for which a lone message is
+        tried again without them (:func:`_refused_alone`), so a lone message the API
+        refuses is quarantined however its probes fare, rather than retried by every run,
+        and a healthy one shown beside a refused entry is extracted. Its
         answer only judges this failure: it is no answered call for the breaker, whose
         :meth:`blame` would take it for evidence against a lone message the API fails for
         its size. None is sent after a failure that asked to wait (the user's backoff
@@ -662,15 +708,22 @@ def _every_request_refused(ping_failed: Exception) -> tuple[str, str, str] | Non
     return None
 
 
+def _known_entries_suspected(failure: ProbeFailedError, batch: ExtractionBatch) -> bool:
+    """Whether ``failure`` leaves a lone message of ``batch`` to be tried again without the
+    known entries shown: its refusal's probe failed, a harmless request (no entries) was
+    then accepted, so the message or an entry shown beside it is refused."""
+    return failure.harmless_accepted and bool(batch.known) and len(batch.messages) == 1
+
+
 def _refused_alone(failure: Exception, batch: ExtractionBatch) -> ExtractionError | None:
     """What ``failure``, a refusal of ``batch`` whose probe failed (:class:`ProbeFailedError`),
     tells once a harmless request (no known entries, a harmless message) was just accepted:
     the API answers, and does not refuse every request. With no known entry shown, nothing
     but the batch's messages is left to refuse: the refusal itself, the batch's own. With
     known entries shown, one of them may be what is refused (the probe that would tell
-    failed): the failure still may pass, but counts against a lone message
-    (``harmless_accepted``), so one refused each time is quarantined after a few runs,
-    not retried for ever. None for any other failure."""
+    failed): the failure still may pass (``harmless_accepted``), and a lone message is
+    tried once more without them (:meth:`ExtractionWorkers._without_known`), its own
+    refusal then settled as above. None for any other failure."""
     if not isinstance(failure, ProbeFailedError) or failure.refusal is None:
         return None
     refusal = failure.refusal
@@ -686,7 +739,7 @@ def _refused_alone(failure: Exception, batch: ExtractionBatch) -> ExtractionErro
         )
     return ProbeFailedError(
         f"{told} was accepted: the batch's messages or the known entries shown are refused; "
-        "a message refused alone so counts an attempt)",
+        "a lone message is tried again without the entries)",
         usage=failure.usage,
         retry_after=failure.retry_after,
         refusal=refusal,

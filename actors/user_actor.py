@@ -62,7 +62,6 @@ from events.errors import (
     FORGOTTEN_REASON,
     EveryRequestRefusedError,
     ExtractionPausedError,
-    ProbeFailedError,
     first_line,
     is_database_failure,
     may_pass,
@@ -789,8 +788,6 @@ class UserActor(PooledActor):
             )
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
-        ) or (  # a refusal whose probe failed, a harmless request then accepted: it counts
-            isinstance(error, ProbeFailedError) and error.harmless_accepted and len(claimed) == 1
         )
         whole = isinstance(error, _THE_API_DOWN)  # an outage halves no batch
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None

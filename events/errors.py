@@ -293,9 +293,10 @@ class ProbeFailedError(ExtractionError):
     ``refusal`` is the batch's refusal, for whoever learns more to settle it: a harmless
     request the API then accepts makes it no refusal of every request, so the batch's own
     when it showed no known entries (the background workers then split the batch, as for
-    any refusal); with known entries shown, ``harmless_accepted`` is set, and the failure
-    counts against a lone message as an attempt, so that one the API refuses each time
-    is quarantined rather than retried by every run.
+    any refusal); with known entries shown, ``harmless_accepted`` is set: an entry may be
+    what is refused, so the workers try a lone message once more without them, and only
+    its refusal then counts against it (a message the API refuses each time is still
+    quarantined rather than retried by every run).
     """
 
     def __init__(

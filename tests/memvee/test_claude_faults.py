@@ -716,6 +716,44 @@ async def test_a_lone_refused_message_whose_probe_keeps_failing_is_quarantined_w
     assert runs <= 3
 
 
+def _entry_refused_and_its_probe_fails(request: RecordedRequest) -> ScriptedResponse:
+    """A content filter refuses every request showing the known entry marked ``MARK``; the
+    probe of whose fault that is (a harmless message, the entry still shown) meets a 500;
+    every request without the entry is answered (the workers' harmless request too)."""
+    if not any(MARK in str(entry.get("text")) for entry in request.known):
+        return default_answer(request)
+    if [m.get("content") for m in request.messages] == ["Hello."]:
+        return ScriptedResponse(500, error_body("api_error", "Internal server error"))
+    return ScriptedResponse(body=refusal_body())
+
+
+async def test_a_message_refused_for_a_known_entry_shown_beside_it_is_extracted_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API refuses ann's new message only for an entry of hers shown beside it, and the
+    probe that would tell so fails; a harmless request is then accepted. The message is
+    extracted once more without the entries, in the same run, not quarantined: the
+    harmless request, showing neither, could not tell the message from the entry."""
+    with MessagesAPIServer(responder=default_answer) as server:
+        db = tmp_path / "entry-refused.db"
+        async with _memory_over(
+            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            await memory.add_message("ann", "user", f"I live in Oslo {MARK}")
+            assert await memory.process("ann") == 1
+            server.set_responder(_entry_refused_and_its_probe_fails)
+            await memory.add_message("ann", "user", "I work at the harbour office")
+            runs = await _run_until_settled(memory, "ann")
+            quarantined = await memory.quarantined("ann")
+            known = [entry.text for entry in await memory.knowledge("ann")]
+            found = checked_coverage(memory, "ann")
+    assert quarantined == [] and runs == 1
+    assert any("harbour" in text for text in known), known
+    assert len(found.covered) == 2 and not found.buffered
+    retried = [r for r in server.requests if "harbour" in str(r.messages) and not r.known]
+    assert len(retried) == 1, "extracted once more without the entries"
+
+
 async def test_a_run_that_failed_transiently_is_retried_by_the_background_after_a_reopen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
