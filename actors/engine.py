@@ -556,7 +556,9 @@ class Engine:
         auto-processing, users whose last run failed with messages still buffered, however
         few: the retry the background owed them (after a failure that may pass, or a task
         cut by a shutdown) left with the engine that closed, and no later run would cover
-        those messages until the user's next message or an explicit run.
+        those messages until the user's next message or an explicit run. A failure that
+        waiting does not make pass (a key refused, every request refused) is not retried
+        so (:meth:`UserActor.recover`): it waits for those, as it did before.
 
         Returns the users recovered with the ids of the tasks closed for each.
         """
@@ -572,10 +574,10 @@ class Engine:
                 else ([], [])
             )
         threshold = settings.batch_threshold if settings.auto_process else None
-        thresholds = {user: threshold for user in crashed + waiting} | dict.fromkeys(retried, 1)
+        owed = set(retried)
         futures = [
-            (user, self.directory.call(user, "recover", at_least))
-            for user, at_least in thresholds.items()
+            (user, self.directory.call(user, "recover", threshold, user in owed))
+            for user in dict.fromkeys(crashed + waiting + retried)
         ]
         return [(user, future.get()) for user, future in futures]
 

@@ -62,6 +62,8 @@ from events.errors import (
     FORGOTTEN_REASON,
     EveryRequestRefusedError,
     ExtractionPausedError,
+    ExtractorAccessRefusedError,
+    ExtractorNotFoundError,
     first_line,
     is_database_failure,
     may_pass,
@@ -406,19 +408,22 @@ class UserActor(PooledActor):
         """Start the next requested task if this process owns the user and none runs."""
         self._advance()
 
-    def recover(self, auto_threshold: int | None) -> list[str]:
+    def recover(self, auto_threshold: int | None, retry_failed: bool = False) -> list[str]:
         """As the owner, close tasks a crash left open as FAILED and run waiting requests.
 
-        With ``auto_threshold``, request processing if enough messages wait. Returns the
-        ids of the tasks closed.
+        With ``auto_threshold``, request processing if enough messages wait; with
+        ``retry_failed`` too (the user's last run failed), if any wait, unless that failure
+        will not pass by waiting (:attr:`UserLog.refused_last`: a key refused, every
+        request refused), which the user's next message or an explicit run retries.
+        Returns the ids of the tasks closed.
         """
         if not self._is_owner():
             return []
-        closed = self._close_stale(auto_threshold)
+        closed = self._close_stale(auto_threshold, retry_failed=retry_failed)
         self._advance()
         return closed
 
-    def _close_stale(self, auto_threshold: int | None) -> list[str]:
+    def _close_stale(self, auto_threshold: int | None, *, retry_failed: bool = False) -> list[str]:
         """As the owner that just took the user (or opened after a crash): close the
         tasks the last owner left open as FAILED (and those a stopped import left between
         two batches), and request processing if ``auto_threshold`` messages wait; returns
@@ -431,9 +436,12 @@ class UserActor(PooledActor):
                 return [], False
             stale = [t for t in user_log.started_tasks if t != self._running]
             closed = user_log.close_interrupted(INTERRUPTED_BY_CRASH, stale) if stale else []
+            at_least = auto_threshold
+            if at_least is not None and retry_failed and not user_log.refused_last:
+                at_least = 1
             requested = (
-                auto_threshold is not None
-                and len(user_log.pending) >= auto_threshold
+                at_least is not None
+                and len(user_log.pending) >= at_least
                 and user_log.request_processing(task_id, "recovery")
             )
             return closed, requested
@@ -790,6 +798,7 @@ class UserActor(PooledActor):
             and breaker.blame(claimed[0].message_id)
         )
         whole = isinstance(error, _THE_API_DOWN)  # an outage halves no batch
+        refused = isinstance(error, _REFUSED_UNTIL_CHANGED)
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor
@@ -817,6 +826,7 @@ class UserActor(PooledActor):
                 repeats=again,
                 blamed=blamed,
                 whole=whole,
+                refused=refused,
                 usage=usage,
                 extractor=extractor.name,
                 model=getattr(extractor, "model", None),
@@ -1339,6 +1349,14 @@ _NO_USAGE = TokenUsage()
 _THE_API_DOWN = ApiDown | ExtractionPausedError | EveryRequestRefusedError
 """Failures met while the API was down or refusing every call (a harmless request failed
 or was refused too, or the breaker held the batch unsent): their batch returns unsplit."""
+
+
+_REFUSED_UNTIL_CHANGED = (
+    EveryRequestRefusedError | ExtractorAccessRefusedError | ExtractorNotFoundError
+)
+"""Failures that waiting does not make pass (every request refused, the credentials
+refused, what the request names not found): a reopened Memory does not retry their task;
+the user's next message or an explicit run does, once the key or the settings change."""
 
 
 class _UserForgotten(Exception):

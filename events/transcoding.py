@@ -134,7 +134,7 @@ def from_micros(micros: int) -> datetime:
 
 
 _STORED_WHEN_TRUE: dict[type, tuple[str, ...]] = {
-    UserLog.ProcessingFailed: ("whole",),
+    UserLog.ProcessingFailed: ("whole", "refused"),
     UserLog.ReextractionChecked: ("refused", "busy", "not_found"),
 }
 """Flags a newer memvee added to an event that are stored only when true: false, the

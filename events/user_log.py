@@ -174,7 +174,8 @@ class UserLog(Aggregate):
     still to cut, since a started batch records its messages), ``caps`` (the most messages a
     batch holding a message may have, after splits) and ``parked`` (messages that failed
     alone, with the failures counted against them); ``failed_whole`` (the failures in a
-    row that left their batch whole); ``quarantined`` messages; the
+    row that left their batch whole); ``refused_last`` (the last task to end failed as
+    :attr:`ProcessingFailed.refused` says); ``quarantined`` messages; the
     ``valid_entries`` of each knowledge version; and the ``reextraction_requests`` recorded
     (each Message Batches request id with its knowledge version).
     """
@@ -265,6 +266,7 @@ class UserLog(Aggregate):
                 log.valid_entries[entry["entry_id"]] = LIVE_KNOWLEDGE
             if self.final:
                 log.running.pop(self.task_id, None)
+                log.refused_last = False
             if self.final and not self.message_ids:  # a task that found nothing to do
                 log.quiet_task, log.quiet_at = self.task_id, self.originator_version
 
@@ -515,15 +517,19 @@ class UserLog(Aggregate):
         the API was down for every call (a harmless request failed too, or the batch was
         held unsent): the batch returns unsplit, one more failure in a row left whole
         (:data:`WHOLE_FAILURES_IN_A_ROW`); it is stored only when true, so an older memvee
-        reads every other failure without a field it does not know. The tokens are
-        what the failed calls spent, if any did (an answer cut at its budget, then a
-        failed re-ask; a harmless request).
+        reads every other failure without a field it does not know. ``refused`` says
+        the API refused the request's credentials, what it names or every request (a
+        harmless one too): waiting does not make that pass, so a reopened Memory does not
+        retry the task (:attr:`UserLog.refused_last`); stored only when true, as ``whole``.
+        The tokens are what the failed calls spent, if any did (an answer cut at its
+        budget, then a failed re-ask; a harmless request).
         """
 
         task_id: str
         error: str
         blamed: bool = False
         whole: bool = False
+        refused: bool = False
         extractor: str | None = None
         model: str | None = None
         input_tokens: int | None = None
@@ -539,6 +545,7 @@ class UserLog(Aggregate):
                 log.note_failure(returned, counted=self.blamed)
                 log.failed_whole = 0
             log.running.pop(self.task_id, None)
+            log.refused_last = self.refused
 
     class ProcessingInterrupted(Aggregate.Event):
         """A task was cut short (crash or shutdown) and closed as FAILED; the messages of
@@ -553,6 +560,7 @@ class UserLog(Aggregate):
                 if self.task_id in log.open_tasks:
                     log.return_to_buffer(self.task_id)
                 log.running.pop(self.task_id, None)
+            log.refused_last = False
 
     class KnowledgeEndMoved(Aggregate.Event):
         """An ended entry stopped being valid earlier than recorded: a backdated entry
@@ -613,6 +621,7 @@ class UserLog(Aggregate):
         self.quiet_task: str | None = None
         self.quiet_at = 0
         self.failed_whole = 0
+        self.refused_last = False
 
     def upgrade(self) -> None:
         """Fill state that snapshots taken by an older memvee lack.
@@ -624,6 +633,7 @@ class UserLog(Aggregate):
         Messages buffered before bounded batches weigh nothing in a batch's token budget.
         When the latest end of an entry is not known, every batch may be backdated.
         Failures left whole before are not counted: the row starts anew.
+        The last failure is taken for one that may pass (``refused_last``), as before.
         The Message Batches requests recorded before are not known: a bulk batch kept
         across the upgrade is collected as if none of it were recorded.
         """
@@ -637,6 +647,8 @@ class UserLog(Aggregate):
             self.quiet_task, self.quiet_at = None, 0
         if not hasattr(self, "failed_whole"):
             self.failed_whole = 0
+        if not hasattr(self, "refused_last"):
+            self.refused_last = False
 
     @staticmethod
     def create_id(user_id: str) -> UUID:
@@ -984,6 +996,7 @@ class UserLog(Aggregate):
         repeats: bool = False,
         blamed: bool = False,
         whole: bool = False,
+        refused: bool = False,
         usage: TokenUsage = _NO_USAGE,
         extractor: str | None = None,
         model: str | None = None,
@@ -998,8 +1011,9 @@ class UserLog(Aggregate):
         were left whole already (:attr:`keeps_failures_whole`): then it is split all the
         same, so that no batch stays whole for good. A message that failed alone
         ``limits.max_attempts`` times (errors that repeat, or that were ``blamed`` on it)
-        is quarantined instead. ``usage``, ``extractor`` and ``model`` record what the
-        failed calls spent.
+        is quarantined instead. ``refused`` marks a failure that waiting does not make
+        pass (:attr:`ProcessingFailed.refused`). ``usage``, ``extractor`` and ``model``
+        record what the failed calls spent.
         """
         claimed = self._open_task(task_id)
         error = storable(error) if error else "unknown error"
@@ -1037,6 +1051,7 @@ class UserLog(Aggregate):
                 error=error,
                 blamed=blamed,
                 whole=whole,
+                refused=refused,
                 **tokens,
             )
         return []

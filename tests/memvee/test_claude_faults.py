@@ -794,6 +794,35 @@ async def test_a_run_that_failed_transiently_is_retried_by_the_background_after_
     assert len(found.covered) == 4 and not found.quarantined
 
 
+async def test_a_run_that_failed_on_a_refused_key_is_not_retried_by_a_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request is refused for its API key (401), so five users' runs fail, their
+    messages buffered, fewer than the threshold. Reopened, with the key still refused,
+    the background sends nothing: waiting does not make that failure pass, and each
+    reopen used to spend two requests per user on it. The user's next run still tries."""
+    refused = ScriptedResponse(401, error_body("authentication_error", "invalid x-api-key"))
+    settings: dict[str, Any] = {"auto_process": True, "batch_threshold": 10}
+    users = [f"u{n}" for n in range(5)]
+    db = tmp_path / "refused-key.db"
+    with MessagesAPIServer(responder=lambda _: refused) as server:
+        async with _memory_over(server, monkeypatch, db, **settings) as memory:
+            for user in users:
+                await memory.add_exchange(user, "I live in Oslo.", "Nice.")
+                with pytest.raises(ProcessingError):
+                    await memory.process(user)
+        sent = len(server.requests)
+        async with _memory_over(server, monkeypatch, db, **settings) as memory:
+            for user in users:
+                with contextlib.suppress(ProcessingError):
+                    await memory.wait_for_processing(user, timeout=10)
+            assert len(server.requests) == sent, "no request for a refused key at reopen"
+            assert all([await memory.buffer(user) for user in users])
+            with pytest.raises(ProcessingError):
+                await memory.process("u0")
+    assert len(server.requests) > sent
+
+
 async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
