@@ -426,19 +426,20 @@ class UserActor(PooledActor):
     def _close_stale(self, auto_threshold: int | None, *, retry_failed: bool = False) -> list[str]:
         """As the owner that just took the user (or opened after a crash): close the
         tasks the last owner left open as FAILED (and those a stopped import left between
-        two batches), and request processing if ``auto_threshold`` messages wait; returns
-        the ids of the tasks closed."""
+        two batches), and request processing if ``auto_threshold`` messages wait, or any
+        when the last task to end failed in a way that may pass (``retry_failed``: the
+        engine's reopen found so; or the log says so, as at a takeover); returns the ids
+        of the tasks closed."""
         task_id = str(uuid4())
 
         def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool]:
             # One transaction: nobody sees the crash closed but the recovery not requested.
             if user_log is None:
                 return [], False
+            owed = (retry_failed or user_log.failed_last) and not user_log.refused_last
             stale = [t for t in user_log.started_tasks if t != self._running]
             closed = user_log.close_interrupted(INTERRUPTED_BY_CRASH, stale) if stale else []
-            at_least = auto_threshold
-            if at_least is not None and retry_failed and not user_log.refused_last:
-                at_least = 1
+            at_least = 1 if auto_threshold is not None and owed else auto_threshold
             requested = (
                 at_least is not None
                 and len(user_log.pending) >= at_least

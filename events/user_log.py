@@ -174,8 +174,9 @@ class UserLog(Aggregate):
     still to cut, since a started batch records its messages), ``caps`` (the most messages a
     batch holding a message may have, after splits) and ``parked`` (messages that failed
     alone, with the failures counted against them); ``failed_whole`` (the failures in a
-    row that left their batch whole); ``refused_last`` (the last task to end failed as
-    :attr:`ProcessingFailed.refused` says); ``quarantined`` messages; the
+    row that left their batch whole); ``failed_last`` (the last task to end ended FAILED, a
+    crash's or shutdown's cut too) and ``refused_last`` (on a failure that waiting does
+    not make pass: :attr:`ProcessingFailed.refused`); ``quarantined`` messages; the
     ``valid_entries`` of each knowledge version; and the ``reextraction_requests`` recorded
     (each Message Batches request id with its knowledge version).
     """
@@ -266,7 +267,7 @@ class UserLog(Aggregate):
                 log.valid_entries[entry["entry_id"]] = LIVE_KNOWLEDGE
             if self.final:
                 log.running.pop(self.task_id, None)
-                log.refused_last = False
+                log.failed_last = log.refused_last = False
             if self.final and not self.message_ids:  # a task that found nothing to do
                 log.quiet_task, log.quiet_at = self.task_id, self.originator_version
 
@@ -313,6 +314,7 @@ class UserLog(Aggregate):
                 log.parked.pop(message_id, None)
             if self.final:
                 log.running.pop(self.task_id, None)
+                log.failed_last = log.refused_last = False
 
     class MessagesRequeued(Aggregate.Event):
         """Quarantined messages went back to the buffer, to be extracted again."""
@@ -545,7 +547,7 @@ class UserLog(Aggregate):
                 log.note_failure(returned, counted=self.blamed)
                 log.failed_whole = 0
             log.running.pop(self.task_id, None)
-            log.refused_last = self.refused
+            log.failed_last, log.refused_last = True, self.refused
 
     class ProcessingInterrupted(Aggregate.Event):
         """A task was cut short (crash or shutdown) and closed as FAILED; the messages of
@@ -560,7 +562,7 @@ class UserLog(Aggregate):
                 if self.task_id in log.open_tasks:
                     log.return_to_buffer(self.task_id)
                 log.running.pop(self.task_id, None)
-            log.refused_last = False
+            log.failed_last, log.refused_last = True, False
 
     class KnowledgeEndMoved(Aggregate.Event):
         """An ended entry stopped being valid earlier than recorded: a backdated entry
@@ -621,6 +623,7 @@ class UserLog(Aggregate):
         self.quiet_task: str | None = None
         self.quiet_at = 0
         self.failed_whole = 0
+        self.failed_last = False
         self.refused_last = False
 
     def upgrade(self) -> None:
@@ -633,7 +636,8 @@ class UserLog(Aggregate):
         Messages buffered before bounded batches weigh nothing in a batch's token budget.
         When the latest end of an entry is not known, every batch may be backdated.
         Failures left whole before are not counted: the row starts anew.
-        The last failure is taken for one that may pass (``refused_last``), as before.
+        The last task's end is not known (``failed_last``, ``refused_last``): the engine's
+        reopen finds the users whose last task failed from the tables instead.
         The Message Batches requests recorded before are not known: a bulk batch kept
         across the upgrade is collected as if none of it were recorded.
         """
@@ -648,7 +652,7 @@ class UserLog(Aggregate):
         if not hasattr(self, "failed_whole"):
             self.failed_whole = 0
         if not hasattr(self, "refused_last"):
-            self.refused_last = False
+            self.failed_last = self.refused_last = False
 
     @staticmethod
     def create_id(user_id: str) -> UUID:

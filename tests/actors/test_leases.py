@@ -461,6 +461,33 @@ async def test_auto_processing_triggered_by_a_guest_runs_once_at_the_owner(db_ur
         await owner.close()
 
 
+async def test_a_guest_taking_over_a_user_whose_last_run_failed_retries_the_few_waiting(
+    db_url: str,
+) -> None:
+    """The owner's run failed (a failure that may pass), two messages left buffered, fewer
+    than the threshold, and the owner closed before its paced retry: the guest taking the
+    user over runs them, as a reopen would; it used to wait for the threshold."""
+    owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
+    config = _config(db_url, auto_process=True, batch_threshold=10, retry_delay=60)
+    owner = await Memory(config=config, extractor=owner_extractor).open()
+    guest = await Memory(config=config, extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        owner_extractor.fail_next = 1
+        with pytest.raises(ProcessingError):
+            await owner.process("u")
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        await owner.close()
+        await _until(lambda: bool(guest_extractor.batches))
+        await guest.wait_for_processing("u", timeout=30)
+        assert await guest.buffer("u") == []
+        sent = [m for b in guest_extractor.batches for m in b.messages]
+        assert len(sent) == 4
+    finally:
+        await guest.close()
+        await owner.close()
+
+
 async def test_a_guest_follows_its_task_through_a_database_that_fails_for_a_while(
     db_url: str,
 ) -> None:
