@@ -58,6 +58,7 @@ __all__ = [
     "MAX_QUERY_TOKENS",
     "LexicalRanker",
     "NewestRows",
+    "WordRows",
     "fts_match",
     "pg_queries",
 ]
@@ -73,9 +74,27 @@ _NEWEST_PER_WORD = 256
 BM25, and ranking all of them made the entries shown beside each batch cost what the
 user's entries number, so that extracting a backlog took time growing with its square."""
 
-NewestRows = dict[tuple[str, tuple[Any, ...]], list[int]]
-"""The newest rows of each word a bounded search found on SQLite (by the word's FTS5 query
-and the filters they passed), for later searches of the same batch to reuse."""
+_WINDOW_PER_WORD = 4 * _NEWEST_PER_WORD
+"""How many of each word's newest index rows of the user, of every knowledge version, a
+bounded search looks among for the rows of its own version (the newest
+:data:`_NEWEST_PER_WORD` of them kept): a fixed window, so the search costs the same
+however many rows another version holds. A word with fewer index rows is searched whole;
+a version with none of a crowded word's newest rows gets none of that word's rows (the
+other words of the text still find theirs). Both backends take the same window."""
+
+
+@dataclass(frozen=True, slots=True)
+class WordRows:
+    """The rows of one word a bounded search ranks on SQLite (index rowids), and whether
+    they are every row of the word that passes the search's filters (``whole``)."""
+
+    rows: list[int]
+    whole: bool
+
+
+NewestRows = dict[tuple[str, tuple[Any, ...]], WordRows]
+"""The rows of each word a bounded search found on SQLite (by the word's FTS5 query and
+the filters they passed), for later searches of the same batch to reuse."""
 
 _RELATED_PER_TEXT = 4
 """The fewest entries :meth:`LexicalRanker.related` takes of each text of a batch."""
@@ -155,6 +174,10 @@ class LexicalRanker:
                 mfts, message_rows.kept_also("+m.log_id = ? AND m.sent_at <= ?"), weights=""
             ),
         }
+        self._pg_window_where = {
+            dated: (k.c.log_id == bindparam("log_id"), *(() if dated else valid[False]))
+            for dated in (False, True)
+        }
         self._pg_where = {dated: (*live, *valid[dated]) for dated in (False, True)}
         self._pg_entries = {
             (dated, added): _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc(), added)
@@ -190,8 +213,9 @@ class LexicalRanker:
         (:data:`ADDED_WEIGHT`).
 
         With no terms, the most recent valid entries, each scored 0. ``bounded`` ranks
-        only the newest :data:`_NEWEST_PER_WORD` rows of each word, so that the
-        search costs about the same however many entries share its common words;
+        only the newest :data:`_NEWEST_PER_WORD` rows of each word among its newest
+        :data:`_WINDOW_PER_WORD` of every version, so that the search costs about the
+        same however many entries share its common words, in any version;
         ``newest`` keeps the rows each word found, so the searches of one batch, which
         share their common words, look each up once (SQLite).
         """
@@ -246,20 +270,37 @@ class LexicalRanker:
         return [(model(r), score) for r, score in _tiered(_pg_hits(rows))]
 
     def _pg_newest(self, dated: bool, words: int) -> ColumnElement[bool]:
-        """The entries a bounded search ranks on PostgreSQL, as SQLite's do: the newest
-        :data:`_NEWEST_PER_WORD` of each of the ``words`` bound as ``word0``... (by the
-        version that wrote them, then their place in it), every matching one when no
-        word has more."""
+        """The entries a bounded search ranks on PostgreSQL, as SQLite's do: for each of
+        the ``words`` bound as ``word0``..., its newest :data:`_WINDOW_PER_WORD` entries of
+        the user (by the version that wrote them, then their place in it; the current
+        ones, undated, as SQLite's index marks them), of every knowledge version, and of
+        those the newest :data:`_NEWEST_PER_WORD` that pass the search's filters.
+
+        Dated, SQLite's window also counts the index rows of entries a promotion removed
+        (its index keeps them), so the two may differ there; :meth:`related`, the one
+        bounded search, is never dated."""
         k = self.tables.knowledge
         vector: ColumnClause[Any] = literal_column(f"{k.name}.{PG_VECTOR}")
         owner = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("owner"))
-        newest = [
-            select(k.c.entry_id)
-            .where(vector.op("@@")(_pg_tsquery(f"word{i}").op("&&")(owner)), *self._pg_where[dated])
+        windows = [
+            select(k.c.entry_id, k.c.version, k.c.ordinal)
+            .where(
+                vector.op("@@")(_pg_tsquery(f"word{i}").op("&&")(owner)),
+                *self._pg_window_where[dated],
+            )
             .order_by(k.c.version.desc(), k.c.ordinal.desc())
-            .limit(_NEWEST_PER_WORD)
+            .limit(_WINDOW_PER_WORD)
             .subquery()
             for i in range(words)
+        ]
+        newest = [
+            select(window.c.entry_id)
+            .join(k, k.c.entry_id == window.c.entry_id)
+            .where(*self._pg_where[dated])
+            .order_by(window.c.version.desc(), window.c.ordinal.desc())
+            .limit(_NEWEST_PER_WORD)
+            .subquery()
+            for window in windows
         ]
         return k.c.entry_id.in_(union_all(*(select(n.c.entry_id) for n in newest)))
 
@@ -318,8 +359,9 @@ class LexicalRanker:
         Each text is searched on its own and the texts take turns, each one's best match
         first, then each one's second, and so on: a short statement ("I moved to Bergen")
         finds the entry it changes however many words the rest of the batch has. Each
-        search ranks only the newest rows of each of its words (see :data:`_NEWEST_PER_WORD`):
-        BM25 scores a bounded number of rows, though FTS5 still walks the words' lists.
+        search ranks only the newest rows of each of its words (see :data:`_NEWEST_PER_WORD`
+        and :data:`_WINDOW_PER_WORD`): BM25 scores a bounded number of rows, though FTS5
+        still walks the words' lists.
         """
         if current <= 0:
             return []
@@ -414,16 +456,12 @@ class _SqliteRows:
             f"WHERE {self.hit} IN ({{ids}}) AND {self.kept}"
         )
 
-    def newest(self, fts: str) -> str:
-        """The rowids of the newest rows kept of those matching an FTS5 query of ``fts``
-        (bound first, the limit last): the index is walked newest row first, and each
-        hit's row is looked up and filtered as met, until the limit is reached."""
-        # CROSS JOIN keeps the index the outer loop, walked by rowid, newest first: led by
-        # the projection table, SQLite read every row of the user's to sort the hits.
+    def kept_of(self) -> str:
+        """The index rowids kept of a JSON list of them (bound first, its filters after)."""
+        # CROSS JOIN keeps the list the outer loop, each row looked up by its key.
         return (
-            f"SELECT s.rowid FROM {fts} AS s CROSS JOIN {self.source} "
-            f"WHERE {fts} MATCH ? AND {self.hit} = s.rowid AND {self.kept} "
-            "ORDER BY s.rowid DESC LIMIT ?"
+            f"SELECT {self.hit} FROM json_each(?) AS w CROSS JOIN {self.source} "
+            f"WHERE {self.hit} = w.value AND {self.kept}"
         )
 
 
@@ -454,14 +492,18 @@ class _SqliteSearch:
         self.own_hits_sql = (
             f"{hits} AND +rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?) {order}"
         )
-        self.newest_sql = rows.newest(fts)
-        # The rowid range spares FTS5 the rows older than every candidate; json_each keeps
-        # the candidates one parameter however many they are.
-        within = "AND rowid >= ? AND +rowid IN (SELECT value FROM json_each(?))"
+        # The index alone: the newest rows of a word, whatever knowledge version they are of.
+        self.window_sql = f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? ORDER BY rowid DESC LIMIT ?"
+        self.kept_sql = rows.kept_of()
+        # The rowid range spares FTS5 the rows older or newer than every candidate (another
+        # knowledge version's, mostly); json_each keeps the candidates one parameter
+        # however many they are.
+        span = "rowid >= ? AND rowid <= ?"
+        within = f"AND {span} AND +rowid IN (SELECT value FROM json_each(?))"
         self.hits_within_sql = f"{hits} {within} {order}"
         self.own_hits_within_sql = (
             f"{hits} AND +rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ? "
-            f"AND rowid >= ?) {within} {order}"
+            f"AND {span}) {within} {order}"
         )
         self.rows_sql = rows.of_hits()
 
@@ -477,11 +519,14 @@ class _SqliteSearch:
         """The rows of the best hits of ``matches`` (the query's own words, then, if its
         topics added any, every word) that pass the filters, with their rank (higher is
         better) and whether they match the query's own words. Given the queries of each of
-        its ``words``, only the newest :data:`_NEWEST_PER_WORD` rows of each are ranked (those
+        its ``words``, only the newest rows of each are ranked (see :meth:`_newest`; those
         found already taken from ``newest``, those looked up added to it)."""
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            within = self._newest(cursor, words, filters, {} if newest is None else newest)
+            ranked = self._newest(cursor, words, filters, {} if newest is None else newest)
+            if ranked == []:
+                return []
+            within = None if ranked is None else (ranked[0], ranked[-1], json.dumps(ranked))
             fetch = limit + _SPARE_HITS
             while True:
                 hits = self._hits(cursor, matches, fetch, within)
@@ -499,40 +544,53 @@ class _SqliteSearch:
 
     def _newest(
         self, cursor: Any, words: tuple[str, ...], filters: tuple[Any, ...], known: NewestRows
-    ) -> tuple[int, str] | None:
-        """The rows a bounded search ranks, as (the oldest rowid, a JSON list of them):
-        the newest :data:`_NEWEST_PER_WORD` of each of ``words`` that pass the
-        ``filters`` (the entries of the search's knowledge version, as PostgreSQL takes
-        them: the newest of every version crowded out a re-extraction's or the live
-        ones); None when no word has more (all its rows are ranked then, as cheaply).
+    ) -> list[int] | None:
+        """The rows a bounded search ranks (index rowids, oldest first):
+        of each of ``words``, the newest :data:`_NEWEST_PER_WORD` that pass the
+        ``filters`` (the search's knowledge version) among its newest
+        :data:`_WINDOW_PER_WORD` index rows, as PostgreSQL takes them; None when each
+        word's rows are all there (every row is ranked then, as cheaply). None is ranked
+        when the window of every word holds only rows of other versions.
+
+        The window is read from the index alone, then its rows filtered in one read, so
+        a search costs the same however many rows another version holds: walking the
+        index until enough rows of the version passed read every newer row of the other.
         A word's rows already ``known`` are not looked up again; those looked up are kept
         there."""
         if not words:
             return None
         rows: set[int] = set()
-        crowded = False
+        whole = True
         for word in words:
             found = known.get((word, filters))
             if found is None:
-                params = (word, *filters, _NEWEST_PER_WORD)
-                found = [rowid for (rowid,) in cursor.execute(self.newest_sql, params)]
-                known[word, filters] = found
-            crowded = crowded or len(found) == _NEWEST_PER_WORD
-            rows.update(found)
-        if not crowded:
+                found = known[word, filters] = self._word_rows(cursor, word, filters)
+            whole = whole and found.whole
+            rows.update(found.rows)
+        if whole:
             return None
-        return min(rows), json.dumps(sorted(rows))
+        return sorted(rows)
+
+    def _word_rows(self, cursor: Any, word: str, filters: tuple[Any, ...]) -> WordRows:
+        """The newest :data:`_NEWEST_PER_WORD` rows that pass the ``filters`` among the
+        newest :data:`_WINDOW_PER_WORD` rows of the FTS5 query ``word``."""
+        window = [rowid for (rowid,) in cursor.execute(self.window_sql, (word, _WINDOW_PER_WORD))]
+        kept = [rowid for (rowid,) in cursor.execute(self.kept_sql, (json.dumps(window), *filters))]
+        kept.sort(reverse=True)
+        whole = len(window) < _WINDOW_PER_WORD and len(kept) < _NEWEST_PER_WORD
+        return WordRows(kept[:_NEWEST_PER_WORD], whole)
 
     def _hits(
         self,
         cursor: Any,
         matches: tuple[str, ...],
         fetch: int,
-        within: tuple[int, str] | None = None,
+        within: tuple[int, int, str] | None = None,
     ) -> dict[int, tuple[float, bool]]:
         """The best ``fetch`` hits of ``matches``: rowid to (BM25 of every word, whether
         the row has one of the query's own words), those that have first; only rows
-        ``within`` the oldest rowid and the list given, when given (see :meth:`_newest`).
+        ``within`` the oldest and newest rowids and the list given, when given (see
+        :meth:`_newest`).
 
         The rows with own words are ranked first, and alone (BM25 is most of a search's
         work); the rows with only added words are ranked only when those leave room.
@@ -545,9 +603,10 @@ class _SqliteSearch:
         if within is None:
             mine = cursor.execute(self.own_hits_sql, (every, own, fetch)).fetchall()
         else:
-            oldest, listed = within
+            oldest, newest, listed = within
             mine = cursor.execute(
-                self.own_hits_within_sql, (every, own, oldest, oldest, listed, fetch)
+                self.own_hits_within_sql,
+                (every, own, oldest, newest, oldest, newest, listed, fetch),
             ).fetchall()
         hits = {hit: (rank, True) for hit, rank in mine}
         if len(hits) < fetch:
