@@ -24,6 +24,7 @@ from sqlalchemy import (
     inspect,
     literal_column,
     select,
+    text,
 )
 from sqlalchemy.schema import CreateIndex
 
@@ -33,6 +34,7 @@ __all__ = [
     "ID_VERSION",
     "create_bulk_table",
     "forget_bulk_requests",
+    "has_kept_index",
     "restamped",
 ]
 
@@ -81,11 +83,34 @@ def restamped(created_at: datetime) -> datetime:
     return created_at + timedelta(microseconds=1)
 
 
+_INDEX_FOUND = {
+    "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = :name",
+    "postgresql": (
+        "SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND indexname = :name"
+    ),
+}
+"""How each backend's catalog says an index is there, read without locking its table."""
+
+
 def create_bulk_table(connection: Connection) -> None:
     """Create the table and its indexes, unless they are there (a bulk run creates them
-    on first use; a table an older memvee made lacks the index of kept rows)."""
+    on first use; a table an older memvee made lacks the index of kept rows).
+
+    The index is looked up in the catalog first and created only when missing: on
+    PostgreSQL even ``CREATE INDEX IF NOT EXISTS`` locks the table (SHARE) before it
+    finds the index there, so every run's start waited behind any open write on it."""
     _METADATA.create_all(connection)
-    connection.execute(CreateIndex(_KEPT_INDEX, if_not_exists=True))
+    if not has_kept_index(connection):
+        connection.execute(CreateIndex(_KEPT_INDEX, if_not_exists=True))
+
+
+def has_kept_index(connection: Connection) -> bool:
+    """Whether the table's index of kept rows is there (a backend whose catalog is not
+    known here is assumed to lack it: creating it, if it is there, does nothing)."""
+    found = _INDEX_FOUND.get(connection.dialect.name)
+    if found is None:
+        return False
+    return connection.execute(text(found), {"name": _KEPT_INDEX.name}).first() is not None
 
 
 def forget_bulk_requests(connection: Connection, user_id: str) -> int:

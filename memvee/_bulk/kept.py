@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from events import EventStore
 from memvee._bulk.claims import _database_time
-from projections.bulk_runs import BULK_BATCHES, create_bulk_table, restamped
+from projections.bulk_runs import BULK_BATCHES, create_bulk_table, has_kept_index, restamped
 from projections.bulk_runs import CLAIM as _CLAIM
 from projections.reader import aware
 
@@ -167,14 +167,27 @@ class KeptBatches:
         self.version = version
 
     def create_table(self) -> None:
-        """Create the table unless it is there; another run creating it at once is fine."""
+        """Create the table unless it is there; another run creating it at once is fine.
+        The index of kept rows left missing after a failure is logged as a warning, not
+        raised: the run still works, each claim reading more rows through the version's
+        index."""
         try:
             with self.store.transaction() as connection:
                 create_bulk_table(connection)
-        except DBAPIError:
+        except DBAPIError as error:
             with self.store.engine.connect() as connection:
                 if not inspect(connection).has_table(BULK_BATCHES.name):
                     raise
+                if not has_kept_index(connection):
+                    log.warning(
+                        "bulk run of version %r: the index of kept rows of %s could not be "
+                        "made (%s: %s); claims read the version's rows through its index "
+                        "instead until a later run makes it",
+                        self.version,
+                        BULK_BATCHES.name,
+                        type(error.orig).__name__,
+                        str(error.orig).splitlines()[0] if str(error.orig) else "",
+                    )
 
     def unfinished(self) -> list[dict[str, Any]]:
         """The version's kept Message Batches, oldest first (claims and probes left aside)."""

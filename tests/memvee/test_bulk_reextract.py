@@ -3971,3 +3971,23 @@ def test_a_messages_count_since_a_promotion_is_kept_beside_a_larger_one_from_bef
     object.__setattr__(promoted, "knowledge_version", "v2")
     failing = {"m": [(2, 1), (1, 5)]}
     assert _since_promoted(failing, [promoted], "v2") == {"m": 1}
+
+
+def test_a_run_whose_index_of_kept_rows_cannot_be_made_goes_on_and_says_so_in_a_warning(
+    store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The table an older memvee made lacks the index of kept rows, and making it fails
+    (here a table holds its name): the run goes on, reading claims through the version's
+    index, and a warning names the version, the table and the error. The failure was
+    swallowed without a word."""
+    with store.transaction() as connection:
+        create_bulk_table(connection)
+        connection.execute(sqlalchemy.text("DROP INDEX memvee_bulk_batches_kept"))
+        connection.execute(sqlalchemy.text("CREATE TABLE memvee_bulk_batches_kept (x)"))
+    with caplog.at_level(logging.WARNING, "memvee.bulk"):
+        KeptBatches(store, "v2").create_table()
+    assert KeptBatches(store, "v2").unfinished() == []
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert "'v2'" in warned[0] and "memvee_bulk_batches" in warned[0], warned
+    assert "already a table named memvee_bulk_batches_kept" in warned[0], warned
