@@ -456,13 +456,8 @@ class ExtractionWorkers:
             raise _with_spent(again, spent, self.credentials()) from again.__cause__
         if not isinstance(result, ExtractionResult):
             return result  # check_result refuses it
-        usage = result.usage.plus(spent)
         return dataclasses.replace(
-            result,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
+            result.spending(result.usage.plus(spent)),
             notes={**result.notes, "known_entries_left_out": left_out},
         )
 

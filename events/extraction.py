@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -285,6 +285,16 @@ class ExtractionResult:
         """The tokens the extraction spent."""
         return TokenUsage(
             self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
+        )
+
+    def spending(self, usage: TokenUsage) -> ExtractionResult:
+        """This answer counting ``usage`` as its tokens (what the calls it took spent)."""
+        return replace(
+            self,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
         )
 
 

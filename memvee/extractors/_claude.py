@@ -382,7 +382,7 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
                 raise
             refused = failed
         else:
-            return _with_usage(result, result.usage.plus(spent))
+            return result.spending(result.usage.plus(spent))
         return await self._settle(batch, request, refused)
 
     async def _settle(
@@ -505,7 +505,7 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             if isinstance(failed, RejectedBatchError):
                 failed.probe_accepted = True
             raise
-        result = _with_usage(result, result.usage.plus(spent))
+        result = result.spending(result.usage.plus(spent))
         return dataclasses.replace(
             result, notes={**result.notes, "known_entries_left_out": ",".join(left_out)}
         )
@@ -907,17 +907,6 @@ def _unsettled(
     if isinstance(failed, ExtractorOverloadedError):
         return ExtractorOverloadedError(told, usage=spent, retry_after=failed.retry_after)
     return ProbeFailedError(told, usage=spent, retry_after=failed.retry_after, refusal=refused)
-
-
-def _with_usage(result: ExtractionResult, usage: TokenUsage) -> ExtractionResult:
-    """``result`` counting ``usage`` as its tokens."""
-    return dataclasses.replace(
-        result,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-    )
 
 
 def _usage(response: object) -> TokenUsage:
