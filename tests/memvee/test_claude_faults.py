@@ -231,6 +231,11 @@ async def test_a_fault_loses_nothing_and_blocks_nothing(
         assert runs == 1
 
 
+QUICK_RETRIES: dict[str, Any] = {"retry_delay": 0.01, "retry_delay_max": 0.05}
+"""A Memory's retry delays short enough that a specification's runs follow each other
+at once."""
+
+
 @contextlib.asynccontextmanager
 async def _memory_over(
     server: MessagesAPIServer,
@@ -354,7 +359,7 @@ async def test_an_account_out_of_credit_blames_no_message_of_a_lone_user(
     refused = ScriptedResponse(400, error_body("invalid_request_error", CREDIT))
     with MessagesAPIServer(responder=lambda r: refused) as server:
         async with _memory_over(
-            server, monkeypatch, tmp_path / "lone.db", retry_delay=0.01, retry_delay_max=0.05
+            server, monkeypatch, tmp_path / "lone.db", **QUICK_RETRIES
         ) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
             for _ in range(4):
@@ -420,7 +425,7 @@ async def test_a_gateway_refusing_every_request_as_too_large_blames_no_message(
     users = ["ann", "bob"]
     with MessagesAPIServer(responder=lambda r: TOO_LARGE) as server:
         async with _memory_over(
-            server, monkeypatch, tmp_path / "gateway.db", retry_delay=0.01, retry_delay_max=0.05
+            server, monkeypatch, tmp_path / "gateway.db", **QUICK_RETRIES
         ) as memory:
             for user in users:
                 for i in range(3):
@@ -624,9 +629,7 @@ async def test_an_overloaded_api_never_gets_a_message_quarantined(
 
     with MessagesAPIServer(responder=responder) as server:
         db = tmp_path / "overloaded.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
+        async with _memory_over(server, monkeypatch, db, **QUICK_RETRIES) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
             await _ann_fails_while_bob_is_answered(memory, busy_runs, "HTTP 529")
             assert await memory.process("ann") == 1
@@ -664,9 +667,7 @@ async def test_a_refusal_whose_probe_fails_never_gets_a_healthy_message_quaranti
 
     with MessagesAPIServer(responder=responder) as server:
         db = tmp_path / "probe-busy.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
+        async with _memory_over(server, monkeypatch, db, **QUICK_RETRIES) as memory:
             await memory.add_message("ann", "user", f"My cat is {MARK}.")
             assert await memory.process("ann") == 1
             await memory.add_message("ann", "user", "My cat is called Miso.")
@@ -698,9 +699,7 @@ async def test_a_lone_refused_message_whose_probe_keeps_failing_is_quarantined_w
     messages after it are extracted; it used to stay buffered, every run failing on it."""
     with MessagesAPIServer(responder=_probe_resets_and_marked_refused) as server:
         db = tmp_path / "probe-reset.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
+        async with _memory_over(server, monkeypatch, db, **QUICK_RETRIES) as memory:
             await memory.add_message("ann", "user", f"{MARK} I collect stamps")
             for i in range(3):
                 await memory.add_message("ann", "user", f"I like thing {i}")
@@ -736,9 +735,7 @@ async def test_a_message_refused_for_a_known_entry_shown_beside_it_is_extracted_
     harmless request, showing neither, could not tell the message from the entry."""
     with MessagesAPIServer(responder=default_answer) as server:
         db = tmp_path / "entry-refused.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
+        async with _memory_over(server, monkeypatch, db, **QUICK_RETRIES) as memory:
             await memory.add_message("ann", "user", f"I live in Oslo {MARK}")
             assert await memory.process("ann") == 1
             server.set_responder(_entry_refused_and_its_probe_fails)
@@ -1058,9 +1055,7 @@ async def test_a_message_answered_529_every_time_is_still_split_away_from_its_ne
     marked_overloaded = fault_when(MARK, _error(529, "overloaded_error"))
     with MessagesAPIServer(responder=marked_overloaded) as server:
         db = tmp_path / "poison.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
+        async with _memory_over(server, monkeypatch, db, **QUICK_RETRIES) as memory:
             for i in range(8):
                 said = f"{MARK} I collect stamps" if i == 3 else f"I like thing {i}."
                 await memory.add_message("ann", "user", said)
@@ -1244,9 +1239,7 @@ async def test_a_message_failing_every_time_is_split_away_while_harmless_request
 
     with MessagesAPIServer(responder=responder) as server:
         db = tmp_path / "told-nothing.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
+        async with _memory_over(server, monkeypatch, db, **QUICK_RETRIES) as memory:
             for i in range(8):
                 said = f"{MARK} I collect stamps" if i == 3 else f"I like thing {i}."
                 await memory.add_message("ann", "user", said)
