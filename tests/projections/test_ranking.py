@@ -123,19 +123,27 @@ def test_a_long_word_of_another_script_is_searched_whole() -> None:
     assert owned_terms("a" * 32, word)[0] in fts_match("a" * 32, [word])
 
 
-def _learn(store: EventStore, projector: Projector, user_id: str, facts: list[str]) -> None:
+def _said_and_extracted(log: UserLog, user_id: str, facts: list[str]) -> list[tuple[str, datetime]]:
     """``user_id`` says each of ``facts`` a day after the one before, and each is extracted
-    as it was said, valid from that day."""
-    log = UserLog.register(user_id)
+    as it was said, valid from that day: each message's id and day."""
+    said: list[tuple[str, datetime]] = []
     for day, fact in enumerate(facts):
-        said = T0 + timedelta(days=day)
-        message = log.add_message("user", fact, said, 1000)
+        at = T0 + timedelta(days=day)
+        message = log.add_message("user", fact, at, 1000)
         assert log.request_processing(f"{user_id}-t{day}", "manual")
         log.start_next()
-        batch = [BatchMessage(message, "user", fact, said)]
+        batch = [BatchMessage(message, "user", fact, at)]
         log.record_knowledge(
             f"{user_id}-t{day}", [ExtractedFact(fact, (message,))], "x", batch=batch
         )
+        said.append((message, at))
+    return said
+
+
+def _learn(store: EventStore, projector: Projector, user_id: str, facts: list[str]) -> None:
+    """:func:`_said_and_extracted`, stored and indexed."""
+    log = UserLog.register(user_id)
+    _said_and_extracted(log, user_id, facts)
     store.append([list(log.collect_events())], projector.apply)
     index_messages(store, projector)
 
@@ -370,17 +378,7 @@ def _learn_and_reextract(
     its place, then re-extracted into knowledge version "v2" as the fact of ``again``
     there (a re-extraction under way: the version is not promoted)."""
     log = UserLog.register(user_id)
-    said: list[tuple[str, datetime]] = []
-    for day, fact in enumerate(live):
-        at = T0 + timedelta(days=day)
-        message = log.add_message("user", fact, at, 1000)
-        assert log.request_processing(f"{user_id}-t{day}", "manual")
-        log.start_next()
-        batch = [BatchMessage(message, "user", fact, at)]
-        log.record_knowledge(
-            f"{user_id}-t{day}", [ExtractedFact(fact, (message,))], "x", batch=batch
-        )
-        said.append((message, at))
+    said = _said_and_extracted(log, user_id, live)
     for (message, at), fact in zip(said, again, strict=True):
         batch = [BatchMessage(message, "user", fact, at)]
         log.record_reextraction(
