@@ -191,7 +191,7 @@ def _with_spent(failure: Exception, spent: TokenUsage, secrets: Sequence[str]) -
     """``failure`` carrying ``spent`` (a harmless request's tokens) with its own tokens,
     so the failure records both: a copy, since an extractor may raise one exception object
     each time; one that is no ExtractionError becomes one, its whole text without
-    ``secrets`` (:func:`redact`)."""
+    ``secrets`` (:func:`redact`), repeating as the original would (:func:`repeats`)."""
     if spent == TokenUsage():
         return failure
     if isinstance(failure, ExtractionError):
@@ -205,6 +205,7 @@ def _with_spent(failure: Exception, spent: TokenUsage, secrets: Sequence[str]) -
         return carried
     shown = redact(str(failure), secrets)
     wrapped = ExtractionError(f"{type(failure).__name__}: {shown}", usage=spent)
+    wrapped.repeats = repeats(failure)
     wrapped.__cause__ = failure
     return wrapped
 
@@ -452,8 +453,9 @@ class ExtractionWorkers:
         spent = failure.usage or TokenUsage()
         try:
             result = await self._attempt(dataclasses.replace(batch, known=()), held)
-        except ExtractionError as again:
-            raise _with_spent(again, spent, self.credentials()) from again.__cause__
+        except Exception as again:  # whatever it is, the first try's tokens were spent
+            carried = _with_spent(again, spent, self.credentials())
+            raise carried from carried.__cause__
         if not isinstance(result, ExtractionResult):
             return result  # check_result refuses it
         return dataclasses.replace(

@@ -30,8 +30,11 @@ from events.errors import (
     ExtractorNotFoundError,
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
+    ProbeFailedError,
 )
 from events.extraction import extraction_deadline
+from memvee import Memory, ProcessingError
+from memvee.audit import Audit
 from tests.support.extractors import RecordingExtractor
 
 
@@ -618,3 +621,34 @@ def test_an_extractor_not_declaring_harmless_requests_is_sent_none() -> None:
     extractor = _Undeclared()
     outcome = _outcome_of(extractor)
     assert isinstance(outcome, ConnectionResetError) and extractor.pings == 0
+
+
+@pytest.mark.parametrize("again", [ExtractionError("refused again"), RuntimeError("a bug")])
+async def test_the_first_tries_tokens_count_however_the_try_without_known_entries_fails(
+    memory: Memory, db_url: str, extractor: RecordingExtractor, again: Exception
+) -> None:
+    """A lone message refused while known entries were shown (the probe failing, a
+    harmless request accepted) is tried once more without them; that try failing in any
+    way, even by an extractor's own bug, the tokens the first try spent are recorded with
+    the failure (they were lost when it raised anything but an ExtractionError)."""
+    await memory.add_message("u", "user", "I live in Oslo")
+    assert await memory.process("u") == 1
+
+    refused: list[ExtractionBatch] = []
+
+    def fault(batch: ExtractionBatch) -> Exception:
+        if batch.known:
+            refused.append(batch)
+            spent = TokenUsage(input_tokens=100, output_tokens=7)
+            return ProbeFailedError("refused; probe failed", usage=spent, harmless_accepted=True)
+        return again
+
+    extractor.fault = fault
+    with Audit(db_url=db_url) as audit:
+        before = audit.stats()["output_tokens"]
+    await memory.add_message("u", "user", "I work at Acme")
+    with contextlib.suppress(ProcessingError):  # an extractor's bug repeats: quarantined
+        await memory.process("u")
+    assert refused
+    with Audit(db_url=db_url) as audit:
+        assert audit.stats()["output_tokens"] - before == 7 * len(refused)
