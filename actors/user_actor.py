@@ -414,7 +414,8 @@ class UserActor(PooledActor):
         With ``auto_threshold``, request processing if enough messages wait; with
         ``retry_failed`` too (the user's last run failed), if any wait, unless that failure
         will not pass by waiting (:attr:`UserLog.refused_last`: a key refused, every
-        request refused), which the user's next message or an explicit run retries.
+        request refused), which a run retries once enough messages wait for one or when
+        asked for.
         Returns the ids of the tasks closed.
         """
         if not self._is_owner():
@@ -1357,7 +1358,8 @@ _REFUSED_UNTIL_CHANGED = (
 )
 """Failures that waiting does not make pass (every request refused, the credentials
 refused, what the request names not found): a reopened Memory does not retry their task;
-the user's next message or an explicit run does, once the key or the settings change."""
+a run does once enough messages wait for one (the batch threshold) or when asked for,
+after the key or the settings change."""
 
 
 class _UserForgotten(Exception):

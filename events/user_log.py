@@ -651,8 +651,10 @@ class UserLog(Aggregate):
             self.quiet_task, self.quiet_at = None, 0
         if not hasattr(self, "failed_whole"):
             self.failed_whole = 0
+        if not hasattr(self, "failed_last"):
+            self.failed_last = False
         if not hasattr(self, "refused_last"):
-            self.failed_last = self.refused_last = False
+            self.refused_last = False
 
     @staticmethod
     def create_id(user_id: str) -> UUID:

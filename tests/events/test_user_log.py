@@ -166,6 +166,21 @@ def test_a_snapshot_from_before_quiet_tasks_is_upgraded() -> None:
     assert log.quiet_since() is None
 
 
+@pytest.mark.parametrize("lacking", [("failed_last", "refused_last"), ("failed_last",)])
+def test_a_snapshot_from_before_the_last_runs_end_was_kept_is_upgraded(
+    lacking: tuple[str, ...],
+) -> None:
+    """Snapshots taken before the log kept how its last run ended (or kept only whether it
+    was refused) are upgraded to a last run that neither failed nor was refused: the
+    engine's reopen reads a failed run from the tables instead."""
+    log, _ = _log_with(1)
+    for name in lacking:
+        del log.__dict__[name]
+    restored = Snapshot.take(log).mutate(None)
+    restored.upgrade()
+    assert (restored.failed_last, restored.refused_last) == (False, False)
+
+
 def test_a_snapshot_from_before_processing_requests_and_versions_is_upgraded() -> None:
     """The first memvees' snapshots hold no ``requested`` (processing requests came later)
     nor ``knowledge_versions`` (re-extraction came later): upgraded, the log takes a
