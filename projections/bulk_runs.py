@@ -86,10 +86,13 @@ def restamped(created_at: datetime) -> datetime:
 _INDEX_FOUND = {
     "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = :name",
     "postgresql": (
-        "SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() AND indexname = :name"
+        "SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = to_regclass(:table) AND c.relname = :name"
     ),
 }
-"""How each backend's catalog says an index is there, read without locking its table."""
+"""How each backend's catalog says an index is there, read without locking its table: on
+PostgreSQL, an index of the table the search path finds (as the table's own making does),
+whichever schema that is, not only the first."""
 
 
 def create_bulk_table(connection: Connection) -> None:
@@ -110,7 +113,8 @@ def has_kept_index(connection: Connection) -> bool:
     found = _INDEX_FOUND.get(connection.dialect.name)
     if found is None:
         return False
-    return connection.execute(text(found), {"name": _KEPT_INDEX.name}).first() is not None
+    names = {"name": _KEPT_INDEX.name, "table": BULK_BATCHES.name}
+    return connection.execute(text(found), names).first() is not None
 
 
 def forget_bulk_requests(connection: Connection, user_id: str) -> int:
