@@ -33,6 +33,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects.postgresql import TSQUERY
+from sqlalchemy.sql.util import ClauseAdapter
 
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
@@ -283,7 +284,15 @@ class LexicalRanker:
         vector: ColumnClause[Any] = literal_column(f"{k.name}.{PG_VECTOR}")
         owner = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("owner"))
         windows = [
-            select(k.c.entry_id, k.c.version, k.c.ordinal)
+            select(
+                k.c.entry_id,
+                k.c.version,
+                k.c.ordinal,
+                k.c.log_id,
+                k.c.knowledge_version,
+                k.c.valid_from,
+                k.c.valid_until,
+            )
             .where(
                 vector.op("@@")(_pg_tsquery(f"word{i}").op("&&")(owner)),
                 *self._pg_window_where[dated],
@@ -293,10 +302,11 @@ class LexicalRanker:
             .subquery()
             for i in range(words)
         ]
+        # The window's own columns filtered, not the table joined again by entry id: with
+        # no statistics yet, the planner joined it through the user's index, row by row.
         newest = [
             select(window.c.entry_id)
-            .join(k, k.c.entry_id == window.c.entry_id)
-            .where(*self._pg_where[dated])
+            .where(*(ClauseAdapter(window).traverse(c) for c in self._pg_where[dated]))
             .order_by(window.c.version.desc(), window.c.ordinal.desc())
             .limit(_NEWEST_PER_WORD)
             .subquery()
