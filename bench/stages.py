@@ -109,8 +109,10 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
     section.notes.append(
         "CPU time of this thread (time.thread_time), medians over rounds. The stages are "
         "timed in a second pass of the same commits, with a timer around each stage's "
-        "function (about a microsecond each); 'the rest' is that pass's write less its "
-        "stages. The untimed total is the figure to set beside the raw SQL: the "
+        "function (a thread_time call is a system call of about a microsecond, and the "
+        "timed pass runs well above the untimed one); 'the rest' is that pass's write less "
+        "its stages, so it holds the timers' own cost. The untimed total is the figure to "
+        "set beside the raw SQL: the "
         "difference is memvee's Python on the write path; the add_exchange and peer "
         "sections add the loop, the actors' messages and the threads. A lone user's "
         "messages wait for the full-text index until 256 events have gathered, so their "
