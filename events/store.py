@@ -1146,7 +1146,9 @@ class EventStore:
 
         A snapshot that cannot be read (damaged, or of a layout this version cannot
         take) is passed over with a warning: the log is loaded from its first event, and
-        the next snapshot replaces it. An event that cannot be read, or a version left out,
+        the next snapshot replaces it. So is, quietly, a snapshot that does not tell what
+        only the events before it can (:meth:`UserLog.upgrade`: how the last task ended,
+        before the log kept it). An event that cannot be read, or a version left out,
         is a :class:`StorageError`: the log is the truth, and is never folded around a hole.
         """
         log_id = user_log_id(user_id)
@@ -1156,7 +1158,7 @@ class EventStore:
         if snapshot is not None:
             try:
                 aggregate = self._decode(log_id, snapshot).mutate(None)
-                aggregate.upgrade()
+                whole = aggregate.upgrade()
             except Exception as error:  # a snapshot is a cache: replay the log instead
                 log.warning(
                     "the snapshot of %r at version %d cannot be read (%s); loading the log "
@@ -1167,6 +1169,11 @@ class EventStore:
                 )
                 aggregate = None
                 snapshot, rows = self._snapshot_and_rows(log_id, user_id, snapshots=False)
+            else:
+                if not whole:
+                    log.debug("the snapshot of %r is older than its state: replaying", user_id)
+                    aggregate = None
+                    snapshot, rows = self._snapshot_and_rows(log_id, user_id, snapshots=False)
         expected = 1 if snapshot is None else snapshot[0] + 1
         for row in rows:
             if row[0] != expected:  # mutate would fail a bare assert, or fold the gap over

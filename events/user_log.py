@@ -626,8 +626,10 @@ class UserLog(Aggregate):
         self.failed_last = False
         self.refused_last = False
 
-    def upgrade(self) -> None:
-        """Fill state that snapshots taken by an older memvee lack.
+    def upgrade(self) -> bool:
+        """Fill state that snapshots taken by an older memvee lack; returns whether the
+        state is whole, ``False`` when only the events before the snapshot can tell how the
+        last task ended (the store then replays the log from its first event).
 
         Snapshots of the first memvees hold no processing requests nor knowledge versions:
         there were none then.
@@ -636,8 +638,9 @@ class UserLog(Aggregate):
         Messages buffered before bounded batches weigh nothing in a batch's token budget.
         When the latest end of an entry is not known, every batch may be backdated.
         Failures left whole before are not counted: the row starts anew.
-        The last task's end is not known (``failed_last``, ``refused_last``): the engine's
-        reopen finds the users whose last task failed from the tables instead.
+        The last task's end is not known (``failed_last``, ``refused_last``): they are set
+        to a run that neither failed nor was refused, and the state is not whole, unless
+        the snapshot kept a refusal (a refused run failed).
         The Message Batches requests recorded before are not known: a bulk batch kept
         across the upgrade is collected as if none of it were recorded.
         """
@@ -651,10 +654,12 @@ class UserLog(Aggregate):
             self.quiet_task, self.quiet_at = None, 0
         if not hasattr(self, "failed_whole"):
             self.failed_whole = 0
-        if not hasattr(self, "failed_last"):
-            self.failed_last = False
+        whole = hasattr(self, "failed_last") or getattr(self, "refused_last", False)
         if not hasattr(self, "refused_last"):
             self.refused_last = False
+        if not hasattr(self, "failed_last"):
+            self.failed_last = self.refused_last
+        return whole
 
     @staticmethod
     def create_id(user_id: str) -> UUID:

@@ -13,6 +13,7 @@ from uuid import UUID
 
 import pytest
 from eventsourcing.domain import Snapshot
+from eventsourcing.persistence import StoredEvent
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Connection, Transaction
 from sqlalchemy.pool import NullPool
@@ -325,6 +326,28 @@ class EventStoreContract:
         loaded = store.load("fay")
         assert loaded is not None and loaded.version == 31
         assert loaded.message_count == len(loaded.pending) == 30, "the state when it was taken"
+
+    @pytest.mark.parametrize("refused", [False, True])
+    def test_a_snapshot_from_before_the_last_runs_end_was_kept_loads_how_it_ended(
+        self, store: EventStore, refused: bool
+    ) -> None:
+        """A snapshot taken before the log kept how its last task ended does not hide a
+        failure recorded before it: the log loads as its events say (its last run failed,
+        refused or not), and a takeover or a reopen retries it accordingly."""
+        log = UserLog.register("fay")
+        log.add_message("user", "m", None, 100)
+        log.request_processing("t1", "manual")
+        log.start_next()
+        log.record_failure("t1", "the API key was refused", refused=refused)
+        log.add_message("user", "after the failure", None, 100)
+        old_form = Snapshot.take(log)
+        for name in ("failed_last", "refused_last"):
+            del old_form.state[name]
+        store.append([log.collect_events()], snapshots=[StoredEvent(*store._encoder(old_form))])
+        assert self._snapshot_versions(store) == [log.version]
+        loaded = store.load("fay")
+        assert loaded is not None and loaded.version == log.version
+        assert (loaded.failed_last, loaded.refused_last) == (True, refused)
 
     def test_a_snapshot_replaces_the_older_snapshots_of_its_log_only(
         self, store: EventStore

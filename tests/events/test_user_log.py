@@ -171,14 +171,25 @@ def test_a_snapshot_from_before_the_last_runs_end_was_kept_is_upgraded(
     lacking: tuple[str, ...],
 ) -> None:
     """Snapshots taken before the log kept how its last run ended (or kept only whether it
-    was refused) are upgraded to a last run that neither failed nor was refused: the
-    engine's reopen reads a failed run from the tables instead."""
+    was refused, and it was not) are upgraded to a last run that neither failed nor was
+    refused, and said not whole: only the events before them tell how it ended."""
     log, _ = _log_with(1)
     for name in lacking:
         del log.__dict__[name]
     restored = Snapshot.take(log).mutate(None)
-    restored.upgrade()
+    assert restored.upgrade() is False
     assert (restored.failed_last, restored.refused_last) == (False, False)
+
+
+def test_a_snapshot_that_kept_a_refusal_but_not_the_failure_is_upgraded_to_a_failed_run() -> None:
+    """A snapshot taken between the log keeping refusals and keeping failures, its last run
+    refused, tells how that run ended: it failed, and the state is whole."""
+    log, _ = _log_with(1)
+    log.refused_last = True
+    del log.__dict__["failed_last"]
+    restored = Snapshot.take(log).mutate(None)
+    assert restored.upgrade() is True
+    assert (restored.failed_last, restored.refused_last) == (True, True)
 
 
 def test_a_snapshot_from_before_processing_requests_and_versions_is_upgraded() -> None:
