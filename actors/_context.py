@@ -184,6 +184,10 @@ class SharedServices:
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the engine stops (after the close's grace): a decision waiting for the store
     to answer again gives up, so that a database that is down never holds the close up."""
+    key_works: threading.Event = field(default_factory=threading.Event)
+    """Set once a task of this engine covered messages, cleared when a run fails refused
+    (the key, every request): while set, a recovery retries a user whose last run was
+    refused as any other failed run (see :class:`actors._key_probe.KeyProbe`)."""
     refuse_unfolded: Callable[[str], None] = lambda _user_id: None
     """Raise, for a user whose log the open's fold left unfolded (an event of it cannot be
     read), the typed error naming them: that log is neither loaded nor written."""

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pykka
 from sqlalchemy import Connection
@@ -25,6 +25,7 @@ from actors._committer import GroupCommitter
 from actors._context import EngineSettings, SharedServices, Shown, TaskObserver, Vectors
 from actors._daemon_threads import BATCH_EMBED_SECONDS, DaemonThreads, Once
 from actors._dispatcher import Dispatcher
+from actors._key_probe import KeyProbe
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
 from actors._traces import TraceScrubber
@@ -34,7 +35,7 @@ from actors.directory import ActorDirectory
 from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
-from actors.user_actor import UserActor
+from actors.user_actor import Recovered, UserActor
 from events import (
     BatchMessage,
     Durability,
@@ -216,11 +217,13 @@ class Engine:
         self.dispatcher = Dispatcher(options.actor_threads)
         undo.callback(self.dispatcher.shutdown)
         self._stopping = threading.Event()
+        key_works = threading.Event()
+        self.key_probe = KeyProbe(observer, key_works)
         self.services = SharedServices(
             self.store,
             self.committer,
             self.workers,
-            observer,
+            self.key_probe,
             options.settings,
             self.dispatcher,
             self._known_entries,
@@ -240,6 +243,7 @@ class Engine:
             closing=closing,
             stopping=self._stopping,
             refuse_unfolded=self.refuse_unfolded,
+            key_works=key_works,
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
@@ -557,8 +561,9 @@ class Engine:
         few: the retry the background owed them (after a failure that may pass, or a task
         cut by a shutdown) left with the engine that closed, and no later run would cover
         those messages until the user's next message or an explicit run. A failure that
-        waiting does not make pass (a key refused, every request refused) is not retried
-        so (:meth:`UserActor.recover`): it waits for those, as it did before.
+        waiting does not make pass (a key refused, every request refused) is retried so for
+        one user first, a probe of the key, and for the others once that run is accepted
+        (:meth:`_probe_the_key`): a key still refused costs one run an open.
 
         Returns the users recovered with the ids of the tasks closed for each.
         """
@@ -579,7 +584,53 @@ class Engine:
             (user, self.directory.call(user, "recover", threshold, user in owed))
             for user in dict.fromkeys(crashed + waiting + retried)
         ]
-        return [(user, future.get()) for user, future in futures]
+        recovered: list[tuple[str, Recovered]] = [(user, f.get()) for user, f in futures]
+        held = {user: r.held for user, r in recovered if r.held}
+        if held:
+            self._probe_the_key(held, threshold)
+        return [(user, r.closed) for user, r in recovered]
+
+    def _probe_the_key(self, held: dict[str, int], threshold: int | None) -> None:
+        """Retry the one user of ``held`` (users whose last run was refused, with how many
+        messages wait) with the most waiting, as a probe of the key; once its run covers
+        messages, the key works again and the others are retried too. A key still refused
+        costs that one run, not one per user, and a key fixed since the runs were refused
+        leaves no user's messages waiting for the threshold."""
+        probe = max(held, key=held.__getitem__)
+        rest = [user for user in held if user != probe]
+        task_id = str(uuid4())
+        self.key_probe.watch(task_id, lambda: self._retry_after_probe(rest, threshold))
+        self.directory.call(probe, "recover", threshold, True, task_id).get()
+        log.info("user %r: retried first, to see whether the refused key works now", probe)
+
+    def _retry_after_probe(self, users: list[str], threshold: int | None) -> None:
+        """The probe of the key was accepted (told on the probe's actor): retry ``users``,
+        whose last run was refused, on a thread of their own."""
+        if users and not self._stopping.is_set():
+            threading.Thread(
+                target=self._retry_refused,
+                args=(users, threshold),
+                name="memvee-key-probe",
+                daemon=True,
+            ).start()
+
+    def _retry_refused(self, users: list[str], threshold: int | None) -> None:
+        """Recover ``users`` again now that the key works (their refused runs are owed)."""
+        try:
+            futures = [self.directory.call(u, "recover", threshold, True) for u in users]
+        except RuntimeError:  # the engine stops: the next open retries them
+            return
+        for user, future in zip(users, futures, strict=True):
+            try:
+                future.get()
+            except Exception as error:  # an actor's fault: it may echo a client's key
+                log_failure(
+                    log,
+                    logging.WARNING,
+                    error,
+                    self.workers.credentials(),
+                    f"user {user!r}: retrying a run refused before the key was fixed failed",
+                )
 
     def _keep_claim(self, claim: ServerClaim) -> None:
         """Check the database claim every :data:`CLAIM_CHECK_SECONDS` until the engine

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import uuid4
 
 import pykka
@@ -119,6 +119,15 @@ Appended = Sequence[Any]
 """The events an append committed, in log order: its messages' ``MessageAdded`` among
 them (the first append of a log begins with ``Registered``)."""
 Started = tuple[str, str, list[str]]
+
+
+class Recovered(NamedTuple):
+    """What a user's recovery did: the ids of the tasks it ``closed``, and how many
+    messages it ``held`` back, waiting, after a refused run (a key refused, every request
+    refused) that no task of the engine showed passed since (0 when it held none)."""
+
+    closed: list[str]
+    held: int
 
 
 class UserActor(PooledActor):
@@ -408,36 +417,42 @@ class UserActor(PooledActor):
         """Start the next requested task if this process owns the user and none runs."""
         self._advance()
 
-    def recover(self, auto_threshold: int | None, retry_failed: bool = False) -> list[str]:
+    def recover(
+        self, auto_threshold: int | None, retry_failed: bool = False, probe: str | None = None
+    ) -> Recovered:
         """As the owner, close tasks a crash left open as FAILED and run waiting requests.
 
         With ``auto_threshold``, request processing if enough messages wait; with
         ``retry_failed`` too (the user's last run failed), if any wait, unless that failure
         will not pass by waiting (:attr:`UserLog.refused_last`: a key refused, every
-        request refused), which a run retries once enough messages wait for one or when
-        asked for.
-        Returns the ids of the tasks closed.
+        request refused) and no task of this engine has shown the key accepted since
+        (:attr:`SharedServices.key_works`): those wait for enough messages, a run asked
+        for, or the engine's ``probe`` of the key, a task of that id retrying them.
         """
         if not self._is_owner():
-            return []
-        closed = self._close_stale(auto_threshold, retry_failed=retry_failed)
+            return Recovered([], 0)
+        recovered = self._close_stale(auto_threshold, retry_failed=retry_failed, probe=probe)
         self._advance()
-        return closed
+        return recovered
 
-    def _close_stale(self, auto_threshold: int | None, *, retry_failed: bool = False) -> list[str]:
+    def _close_stale(
+        self, auto_threshold: int | None, *, retry_failed: bool = False, probe: str | None = None
+    ) -> Recovered:
         """As the owner that just took the user (or opened after a crash): close the
         tasks the last owner left open as FAILED (and those a stopped import left between
         two batches), and request processing if ``auto_threshold`` messages wait, or any
         when the last task to end failed in a way that may pass (``retry_failed``: the
-        engine's reopen found so; or the log says so, as at a takeover); returns the ids
-        of the tasks closed."""
-        task_id = str(uuid4())
+        engine's reopen found so; or the log says so, as at a takeover), or was refused
+        and the key is known to work or is probed (task ``probe``)."""
+        task_id = probe or str(uuid4())
+        retry_refused = probe is not None or self._services.key_works.is_set()
 
-        def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool]:
+        def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool, int]:
             # One transaction: nobody sees the crash closed but the recovery not requested.
             if user_log is None:
-                return [], False
-            owed = (retry_failed or user_log.failed_last) and not user_log.refused_last
+                return [], False, 0
+            failed = retry_failed or user_log.failed_last
+            owed = failed and (retry_refused or not user_log.refused_last)
             stale = [t for t in user_log.started_tasks if t != self._running]
             closed = user_log.close_interrupted(INTERRUPTED_BY_CRASH, stale) if stale else []
             at_least = 1 if auto_threshold is not None and owed else auto_threshold
@@ -446,9 +461,10 @@ class UserActor(PooledActor):
                 and len(user_log.pending) >= at_least
                 and user_log.request_processing(task_id, "recovery")
             )
-            return closed, requested
+            held = failed and auto_threshold is not None and not owed and not requested
+            return closed, requested, len(user_log.pending) if held else 0
 
-        closed, requested = self._decide(close_and_request)
+        closed, requested, held = self._decide(close_and_request)
         for closed_id in closed:
             log.warning("user %r: task %s %s", self.user_id, closed_id, INTERRUPTED_BY_CRASH)
             self._services.observer.task_finished(
@@ -458,7 +474,7 @@ class UserActor(PooledActor):
         if requested:
             self._requested_here(task_id)
             self._services.observer.task_scheduled(self.user_id, task_id, "recovery", stored=True)
-        return closed
+        return Recovered(closed, held)
 
     def refresh(self, version: int, began: datetime) -> None:
         """The stored log, begun at ``began``, reached ``version`` elsewhere: reload it and
@@ -801,6 +817,8 @@ class UserActor(PooledActor):
         )
         whole = isinstance(error, _THE_API_DOWN)  # an outage halves no batch
         refused = isinstance(error, _REFUSED_UNTIL_CHANGED)
+        if refused:
+            self._services.key_works.clear()
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor

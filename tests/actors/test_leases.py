@@ -19,6 +19,7 @@ from actors import Engine
 from actors.engine import FOLLOW_SECONDS, LATE_COMMIT_SECONDS
 from actors.lease import LeaseTable
 from events import EventStore, user_log_id
+from events.errors import ExtractorAccessRefusedError
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessTask
 from projections.reader import StoredVersion
 from tests.support.extractors import RecordingExtractor, unreadable_when
@@ -486,6 +487,39 @@ async def test_a_guest_taking_over_a_user_whose_last_run_failed_retries_the_few_
     finally:
         await guest.close()
         await owner.close()
+
+
+async def test_a_guest_whose_key_works_taking_over_a_user_whose_key_was_refused_retries_them(
+    db_url: str,
+) -> None:
+    """The owner's run failed on a refused key, four messages left buffered, fewer than the
+    threshold; the guest's own key works (a run of its completed). The guest taking the
+    user over runs those messages, as a reopen does once its probe of the key is accepted;
+    it used to leave them for the threshold, as for a key still refused."""
+    owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
+    owner_extractor.fault = lambda _: ExtractorAccessRefusedError("HTTP 401: invalid x-api-key")
+    config = _config(db_url, auto_process=True, batch_threshold=10, retry_delay=60)
+    owner = await Memory(config=config, extractor=owner_extractor).open()
+    guest = await Memory(config=config, extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        with pytest.raises(ProcessingError):
+            await owner.process("u")
+        await guest.add_exchange("v", "I work at Acme", "ok")
+        assert await guest.process("v") == 1
+        await guest.add_exchange("u", "I play chess", "ok")
+        await owner.close()
+        await _until(lambda: "u" in _users_sent(guest_extractor))
+        await guest.wait_for_processing("u", timeout=30)
+        assert await guest.buffer("u") == []
+    finally:
+        await guest.close()
+        await owner.close()
+
+
+def _users_sent(extractor: RecordingExtractor) -> set[str]:
+    """The users whose batches ``extractor`` was given."""
+    return {batch.user_id for batch in list(extractor.batches)}
 
 
 async def test_a_guest_follows_its_task_through_a_database_that_fails_for_a_while(

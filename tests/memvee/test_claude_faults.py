@@ -791,33 +791,70 @@ async def test_a_run_that_failed_transiently_is_retried_by_the_background_after_
     assert len(found.covered) == 4 and not found.quarantined
 
 
-async def test_a_run_that_failed_on_a_refused_key_is_not_retried_by_a_reopen(
+_REFUSED_KEY = ScriptedResponse(401, error_body("authentication_error", "invalid x-api-key"))
+_REFUSED_SETTINGS: dict[str, Any] = {"auto_process": True, "batch_threshold": 10}
+
+
+async def _runs_refused_for_the_key(
+    server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, db: Path, users: list[str]
+) -> int:
+    """Each of ``users`` says one exchange, fewer messages than the threshold, and their
+    runs fail on the key ``server`` refuses; returns how many requests each run sent."""
+    server.set_responder(lambda _: _REFUSED_KEY)
+    async with _memory_over(server, monkeypatch, db, **_REFUSED_SETTINGS) as memory:
+        for user in users:
+            await memory.add_exchange(user, f"{user} lives in Oslo.", "Nice.")
+            with pytest.raises(ProcessingError):
+                await memory.process(user)
+    return len(server.requests) // len(users)
+
+
+async def test_a_reopen_with_the_key_still_refused_spends_one_run_not_one_per_user(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every request is refused for its API key (401), so five users' runs fail, their
     messages buffered, fewer than the threshold. Reopened, with the key still refused,
-    the background sends nothing: waiting does not make that failure pass, and each
-    reopen used to spend two requests per user on it. The user's next run still tries."""
-    refused = ScriptedResponse(401, error_body("authentication_error", "invalid x-api-key"))
-    settings: dict[str, Any] = {"auto_process": True, "batch_threshold": 10}
+    the background retries one user, the probe of the key, and no other: waiting does not
+    make that failure pass, and each reopen used to spend two requests per user on it. The
+    user's next run still tries."""
     users = [f"u{n}" for n in range(5)]
     db = tmp_path / "refused-key.db"
-    with MessagesAPIServer(responder=lambda _: refused) as server:
-        async with _memory_over(server, monkeypatch, db, **settings) as memory:
-            for user in users:
-                await memory.add_exchange(user, "I live in Oslo.", "Nice.")
-                with pytest.raises(ProcessingError):
-                    await memory.process(user)
+    with MessagesAPIServer() as server:
+        per_run = await _runs_refused_for_the_key(server, monkeypatch, db, users)
         sent = len(server.requests)
-        async with _memory_over(server, monkeypatch, db, **settings) as memory:
+        async with _memory_over(server, monkeypatch, db, **_REFUSED_SETTINGS) as memory:
             for user in users:
                 with contextlib.suppress(ProcessingError):
                     await memory.wait_for_processing(user, timeout=10)
-            assert len(server.requests) == sent, "no request for a refused key at reopen"
+            await asyncio.sleep(0.5)  # a retry of the others would have begun by now
+            assert 0 < len(server.requests) - sent <= per_run, "one probe of the key"
             assert all([await memory.buffer(user) for user in users])
+            probed = len(server.requests)
             with pytest.raises(ProcessingError):
                 await memory.process("u0")
-    assert len(server.requests) > sent
+            assert len(server.requests) > probed
+
+
+async def test_users_whose_runs_a_key_refused_are_retried_at_the_reopen_after_it_is_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five users' runs failed on a refused key, their messages buffered, fewer than the
+    threshold. The key fixed, a reopen extracts every user's waiting messages with no new
+    message: one user's run probes the key first, then the others run; they used to wait
+    for the threshold."""
+    users = [f"u{n}" for n in range(5)]
+    db = tmp_path / "fixed-key.db"
+    with MessagesAPIServer() as server:
+        await _runs_refused_for_the_key(server, monkeypatch, db, users)
+        server.set_responder(default_answer)
+        async with _memory_over(server, monkeypatch, db, **_REFUSED_SETTINGS) as memory:
+            deadline = asyncio.get_running_loop().time() + 30
+            while any([await memory.buffer(user) for user in users]):
+                assert asyncio.get_running_loop().time() < deadline, "messages left waiting"
+                await asyncio.sleep(0.05)
+            for user in users:
+                await memory.wait_for_processing(user, timeout=30)
+                assert len(checked_coverage(memory, user).covered) == 2
 
 
 async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once(
