@@ -11,6 +11,7 @@ from typing import Protocol
 from actors._committer import GroupCommitter
 from actors._dispatcher import Dispatcher
 from actors._pacing import CircuitBreaker, UserBackoff
+from actors._request_size import LearnedRequestSize
 from actors._workers import ExtractionWorkers
 from actors.erasure import ForgetReceipt
 from actors.lease import LeaseTable
@@ -184,6 +185,8 @@ class SharedServices:
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the engine stops (after the close's grace): a decision waiting for the store
     to answer again gives up, so that a database that is down never holds the close up."""
+    request_size: LearnedRequestSize = field(default_factory=LearnedRequestSize)
+    """The batch size the API's body limit was learned to take (HTTP 413), in memory."""
     key_works: threading.Event = field(default_factory=threading.Event)
     """Set once a task of this engine covered messages, cleared when a run fails refused
     (the key, every request): while set, a recovery retries a user whose last run was

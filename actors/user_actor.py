@@ -39,6 +39,7 @@ from actors._workers import (
 )
 from actors.erasure import ForgetReceipt
 from events import (
+    BatchLimits,
     BatchMessage,
     ConflictError,
     ExtractionBatch,
@@ -50,6 +51,7 @@ from events import (
     MemveeError,
     NotFoundError,
     Recorded,
+    RejectedBatchError,
     ReplacedEntry,
     StorageError,
     StoredSnapshot,
@@ -316,6 +318,11 @@ class UserActor(PooledActor):
 
         return self._decide(close)
 
+    def _limits(self) -> BatchLimits:
+        """The batch limits a batch of this user is planned by: the configured ones, their
+        tokens lowered while the API's body limit is learned to take fewer (HTTP 413)."""
+        return self._services.request_size.within(self._services.settings.limits)
+
     def _log_quarantined(self, quarantined: list[str], error: str) -> None:
         """Warn of each message quarantined after failing alone ``max_attempts`` times."""
         for message_id in quarantined:
@@ -400,7 +407,7 @@ class UserActor(PooledActor):
                 return False, None
             if not idle or self._pause(user_log) > 0:
                 return True, None
-            return True, user_log.start_next(self._services.settings.limits)
+            return True, user_log.start_next(self._limits())
 
         requested, started = self._decide(request)
         if not requested:
@@ -819,10 +826,14 @@ class UserActor(PooledActor):
         refused = isinstance(error, _REFUSED_UNTIL_CHANGED)
         if refused:
             self._services.key_works.clear()
+        if isinstance(error, RejectedBatchError) and error.too_large and len(claimed) > 1:
+            weights = {} if self._log is None else self._log.weights
+            tokens = sum(weights.get(m.message_id, 0) for m in claimed)
+            self._services.request_size.too_large(tokens)
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor
-        limits = self._services.settings.limits
+        limits = self._limits()
 
         def fail(user_log: UserLog | None) -> tuple[list[str], str]:
             if user_log is None or task_id not in user_log.open_tasks:
@@ -1043,7 +1054,7 @@ class UserActor(PooledActor):
             result.model,
             result.usage,
             batch=self._batch_messages,
-            limits=self._services.settings.limits,
+            limits=self._limits(),
             known=self._batch_known,
             replaced=self._batch_replaced,
         )
@@ -1424,7 +1435,7 @@ class _Step:
             return
         self.paused = actor._pause(user_log)
         if self.paused <= 0:
-            self.started = user_log.start_next(settings.limits)
+            self.started = user_log.start_next(actor._limits())
 
 
 class _Append(Write):

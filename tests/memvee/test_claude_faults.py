@@ -1483,3 +1483,31 @@ async def test_the_failure_that_splits_a_batch_kept_whole_says_only_that_it_spli
         f"{finding}split all the same: 3 failures in a row left it whole already)"
     ), errors[3]
     assert "retried later" not in errors[3]
+
+
+def _nothing_learned(request: RecordedRequest) -> ScriptedResponse:
+    """An answer with no fact: the batches' requests stay their messages' size (no known
+    entry is shown beside them)."""
+    return ScriptedResponse(body=tool_use_body([], model="claude-standin", input_tokens=1))
+
+
+async def test_batches_after_a_request_too_large_start_within_the_size_that_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body limit below a full batch's size: the first batch is refused (413) and split
+    until it fits; the batches after it start within the size learned, so a backlog of
+    eight full batches costs about one request a half batch plus one refusal (18, 1
+    refused), not a refusal and a split each (24, 8 refused)."""
+    limit = 15_000
+    story = "I walked along the river and watched the boats go by. " * 8
+    with MessagesAPIServer(_nothing_learned, max_request_bytes=limit) as server:
+        backlog = tmp_path / "limit.db"
+        async with _memory_over(server, monkeypatch, backlog, extraction_timeout=30) as memory:
+            for i in range(200):
+                await memory.add_exchange("ann", f"Day {i}: {story}", "ok")
+            await memory.process("ann")
+            assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
+    sizes = [len(json.dumps(r.body, separators=(",", ":"))) for r in server.requests]
+    too_large = [size for size in sizes if size > limit]
+    assert len(too_large) <= 2, "the size that fit is remembered"
+    assert len(sizes) - len(too_large) <= 17, "about one request a half batch"

@@ -1,0 +1,48 @@
+"""The request size learned from an API's body limit (HTTP 413)."""
+
+from __future__ import annotations
+
+from actors._request_size import LearnedRequestSize
+from events import BatchLimits
+
+
+class _Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_batch_refused_as_too_large_halves_the_tokens_of_the_batches_after_it() -> None:
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
+    assert learned.within(limits) is limits
+    learned.too_large(12_000)
+    assert learned.within(limits).max_tokens == 6_000
+    learned.too_large(6_000)
+    assert learned.within(limits).max_tokens == 3_000
+    learned.too_large(10_000)
+    assert learned.within(limits).max_tokens == 3_000, "a larger refusal does not raise it"
+    assert learned.within(limits).max_messages == limits.max_messages
+
+
+def test_a_learned_size_is_tried_again_at_the_configured_size_after_a_while() -> None:
+    """A limit raised since (a gateway's setting) is used again: the learned size holds
+    for ``retest_after`` seconds past the last refusal, then the configured one does."""
+    clock = _Clock()
+    learned, limits = LearnedRequestSize(retest_after=60, clock=clock), BatchLimits()
+    learned.too_large(limits.max_tokens)
+    clock.now += 59
+    assert learned.within(limits).max_tokens == limits.max_tokens // 2
+    clock.now += 2
+    assert learned.within(limits) is limits
+    learned.too_large(8_000)
+    assert learned.within(limits).max_tokens == 4_000, "learned anew, not from the old size"
+
+
+def test_a_learned_size_above_the_configured_one_leaves_the_limits_as_they_are() -> None:
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=1_000)
+    learned.too_large(50_000)
+    assert learned.within(limits) is limits
