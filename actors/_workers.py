@@ -219,6 +219,13 @@ class ExtractionWorkers:
     while it pauses for longer than ``timeout``, they fail at once instead
     (:class:`ExtractionPausedError`). A failure that may pass is judged by one harmless
     request (see :meth:`_judged`), sent at once from the batch's slot.
+
+    The tokens a batch's calls spent are counted when its outcome is recorded (the answer,
+    or the failure carrying what its calls spent: the harmless request, the extractor's
+    probes of a refusal, the try without known entries). Calls answered in a process that
+    dies before that record are not counted: at most those of the batches in flight
+    (``concurrency``), each its call and the few its failure adds. Counting each call as
+    it is answered would cost a write per call; a crash's loss is left bounded instead.
     """
 
     def __init__(
