@@ -9,6 +9,8 @@ and memvee's re-extraction and logging use one definition; they import no client
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import itertools
 import logging
@@ -20,7 +22,7 @@ import types
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import ParseResult, SplitResult, unquote
+from urllib.parse import ParseResult, SplitResult, unquote, unquote_plus
 
 from events.errors import first_line
 
@@ -170,16 +172,45 @@ def says_secret(name: str) -> bool:
     :data:`SECRET_WORDS` or its plural, or ends as a credential's name does, words joined
     (``PGPASSWORD``, ``NGROK_AUTHTOKEN``, ``STRIPEKEY``, ``api_keys``); ``PWD``, the
     working directory's variable, does not, nor an ordinary word ending in KEY
-    (``MONKEY``, ``TURNKEY``: :data:`_NOT_SECRET_WORDS`). The one definition every
-    search for a credential here uses."""
+    (``MONKEY``, ``TURNKEY``: :data:`_NOT_SECRET_WORDS`). A number or an encoding ending the
+    name (``DB_PASS_2``, ``TOKEN_FILE_2``: :func:`_qualifiers`) is no word of it. The one
+    definition every search for a credential here uses."""
     if _SECRET_WORD_INSIDE.search(name) is None:  # most names: one search in C tells
         return False
-    words = [word.upper() for word in _NAME_WORDS.findall(name)]
+    words = _words_of(name)
     if words and words[-1] in _LOCATION_WORDS:
         return False
     if words and words[-1] == "PASS":  # SMTP_PASS, RABBITMQ_DEFAULT_PASS; PASS_COUNT is none
         return True
     return any(_says_secret(word) for word in words)
+
+
+_QUALIFIERS_REVERSED = re.compile(r"(?i)(?:46esab|46b|\d|[^a-z0-9])*")
+"""What may end a name after the word saying what it holds, read from the name's end
+(matched on the name reversed, in one pass): numbers (``DB_PASSWORD_2``,
+``PGPASSWORD2``), an encoding (``PASSWORD_B64``, ``passwordBase64``) and the separators
+between them. ``DB_PASSWORD_2`` holds a password as ``DB_PASSWORD`` does, words with
+spaces between them included, and ``TOKEN_FILE_2`` a path as ``TOKEN_FILE`` does."""
+
+
+def _qualifiers(name: str) -> str:
+    """The numbers and encoding ending ``name`` (:data:`_QUALIFIERS_REVERSED`), if any."""
+    if name[-1:].isalpha():  # most names: ending in a letter, they end in no qualifier
+        return ""
+    found = _QUALIFIERS_REVERSED.match(name[::-1])
+    return name[len(name) - found.end() :] if found and found.end() else ""
+
+
+def _words_of(name: str) -> list[str]:
+    """The words of ``name``, upper-cased, without the numbers or encoding ending it
+    (:func:`_qualifiers`): its last word says what its value is."""
+    bare = name[: len(name) - len(_qualifiers(name))] or name
+    return [word.upper() for word in _NAME_WORDS.findall(bare)]
+
+
+def _names_base64(name: str) -> bool:
+    """Whether ``name`` ends saying its value is encoded in base64 (``PASSWORD_B64``)."""
+    return re.search(r"(?i)b(?:ase)?64", _qualifiers(name)) is not None
 
 
 def _says_secret(word: str) -> bool:
@@ -240,9 +271,11 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
     says is one (:func:`says_secret`, :func:`looks_secret`) but a public key's id
     (``GPG_KEY``: :func:`_public_key_id`), or the token after its scheme (``Bearer
     sk-...``) if that looks like one; a passphrase of words whole, under a name saying
-    one (:func:`_names_passphrase`); a URL's user info and the values of its query
-    parameters named so, for a string holding ``://`` or any value a name saying URL holds
-    (an ``httpx.URL``); and, for a mapping (HTTP headers), the credentials of its items."""
+    one (:func:`_names_passphrase`), with the token after a scheme it may begin with too;
+    what a value under a name saying base64 decodes to; a URL's user info and the values
+    of its query parameters named so, for a string holding ``://`` or any value a name
+    saying URL holds (an ``httpx.URL``); and, for a mapping (HTTP headers), the
+    credentials of its items."""
     if issubclass(type(value), Mapping):
         items = itertools.islice(value.items(), _HELD_ITEMS)  # type: ignore[attr-defined]
         return tuple(
@@ -259,14 +292,39 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
         return ()
     found: list[str] = []
     if says_secret(name) and not _public_key_id(name, value):
-        spaced = _names_passphrase(name)
-        scheme, _, token = value.strip().partition(" ")
-        taken = token.strip() if scheme.lower() in _SCHEMES and not spaced else value
-        if looks_secret(taken, spaced=spaced):
-            found.append(taken)
+        found.extend(_held_credentials(name, value))
     if "://" in value:
         found.extend(url_secrets(value))
     return tuple(found)
+
+
+def _held_credentials(name: str, value: str) -> list[str]:
+    """The credentials ``value`` shows, held under ``name`` that says it holds one
+    (:func:`named_secrets`)."""
+    found: list[str] = []
+    spaced = _names_passphrase(name)
+    scheme, _, token = value.strip().partition(" ")
+    schemed = scheme.lower() in _SCHEMES
+    if schemed and looks_secret(token.strip()):  # a client sends the token alone
+        found.append(token.strip())  # first: the runs of the whole would cut its scheme
+    if (spaced or not schemed) and looks_secret(value, spaced=spaced):
+        found.append(value)
+    if _names_base64(name) and found:
+        decoded = _base64_text(value)
+        if decoded is not None and looks_secret(decoded, spaced=spaced):
+            found.append(decoded)
+    return found
+
+
+def _base64_text(value: str) -> str | None:
+    """The text ``value`` encodes in base64 (standard or URL-safe alphabet), if it is
+    base64 of UTF-8 text."""
+    text = value.strip()
+    try:
+        decoded = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        return decoded.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 _PUBLIC_KEY_NAMES: Final = frozenset({"GPG_KEY", "PGP_KEY", "GPG_KEYS"})
@@ -292,11 +350,14 @@ _PASSPHRASE_ENDINGS: Final = ("PASSWORD", "PASSWD", "PASSPHRASE")
 
 def _names_passphrase(name: str) -> bool:
     """Whether ``name``'s last word says it holds a password or a passphrase
-    (``GPG_PASSPHRASE``, ``PGPASSWORD``, ``dbPassword``), which may be words with spaces
+    (``GPG_PASSPHRASE``, ``PGPASSWORD``, ``dbPassword``, ``SMTP_PASS``, ``DB_PASSWORD_2``:
+    :func:`_words_of`), which may be words with spaces
     between them ("correct horse battery staple"). Not a name that merely holds such a
     word (``PASSWORD_POLICY``, ``PASSWORD_HINT``), whose sentences are no secret."""
-    words = _NAME_WORDS.findall(name)
-    return bool(words) and words[-1].upper().removesuffix("S").endswith(_PASSPHRASE_ENDINGS)
+    words = _words_of(name)
+    return bool(words) and (
+        words[-1] == "PASS" or words[-1].removesuffix("S").endswith(_PASSPHRASE_ENDINGS)
+    )
 
 
 def _url_types() -> tuple[type, ...]:
@@ -314,15 +375,18 @@ def _url_types() -> tuple[type, ...]:
 def url_secrets(url: str) -> tuple[str, ...]:
     """The credentials ``url`` carries: its user info (:func:`userinfo`) and the value of
     every query parameter :func:`says_secret` names (``?key=``, ``&access_token=``), as
-    written and percent-decoded."""
+    written and decoded as a server decodes it (``%20`` and ``+`` as a space), spaces
+    and all once one of these forms looks like a credential: a server's error shows the
+    value it decoded."""
     found = list(userinfo(url))
     query = url.partition("?")[2].partition("#")[0]
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
-        if says_secret(unquote(name)):
-            spaced = _names_passphrase(unquote(name))
-            forms = (value, unquote(value))
-            found.extend(form for form in forms if looks_secret(form, spaced=spaced))
+        if says_secret(unquote_plus(name)):
+            spaced = _names_passphrase(unquote_plus(name))
+            forms = (value, unquote(value), unquote_plus(value))
+            if any(looks_secret(form, spaced=spaced) for form in forms):
+                found.extend(form for form in forms if len(form.strip()) >= SHORTEST_SECRET)
     return tuple(dict.fromkeys(found))
 
 

@@ -388,6 +388,12 @@ def test_a_malformed_exception_is_left_for_the_handler_to_report(
         ("HF_TOKEN_PATH", "~/.cache/huggingface/token2", "opened ~/.cache/huggingface/hub"),
         ("MY_KEY_FILE", "C:\\Users\\runner\\keys\\id_ed25519", "read C:\\Users\\runner\\notes"),
         (
+            "ADMIN_PASSWORD_FILE",
+            "/run/secrets/admin_password",
+            "mounted /run/secrets/db_password_2 read-only",
+        ),
+        ("DB_PASSWORD_FILE_2", "/run/secrets/db_password_2", "mounted /run/secrets/admin_password"),
+        (
             "ACTIONS_ID_TOKEN_REQUEST_URL",
             "https://pipelines.actions.githubusercontent.com/abc123/idtoken",
             "GET https://pipelines.actions.githubusercontent.com/abc123/other",
@@ -399,7 +405,9 @@ def test_a_path_or_url_under_a_secret_sounding_name_cuts_nothing_out_of_other_li
 ) -> None:
     """A name saying where a credential is (a socket, a path, a file, a URL) holds no
     credential: its value taken for one, the runs of its characters would be cut out of
-    every line sharing them."""
+    every line sharing them. ``ADMIN_PASSWORD_FILE`` (Docker's ``*_FILE`` convention)
+    names the file the password is read from; what the file holds is not read here (a
+    log filter opening files could block or fail at each change of the environment)."""
     monkeypatch.setenv(name, value)
     assert _cleaned("%s", line) == line
 
@@ -421,3 +429,117 @@ def test_a_url_under_a_secret_sounding_name_has_only_its_credentials_taken_out(
     assert _cleaned("GET https://gw.example/v1?token=tok-0123456789abc") == (
         "GET https://gw.example/v1?token=[redacted]"
     )
+
+
+def _cleaned_of(variable: tuple[str, str], line: str, shown: tuple[str, ...]) -> str:
+    """``line`` as RedactSecrets logs it with ``variable`` (a name and value) set in the
+    environment, checked first to show none of ``shown`` (the credential's forms): a
+    failure names which form leaked by its place in ``shown``, never the form itself."""
+    cleaned = _cleaned("%s", line)
+    leaked = [f"form {index}" for index, form in enumerate(shown) if form in cleaned]
+    assert leaked == [], f"{variable[0]}: {leaked} shown"
+    return cleaned
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "line", "logged"),
+    [
+        (
+            "DB_PASSWORD",
+            "Token abc12345",
+            "api: 401 for Authorization: Token abc12345 (user svc)",
+            "api: 401 for Authorization: Token [redacted] (user svc)",
+        ),
+        (
+            "DB_PASSWORD",
+            "Token abc12345",
+            "retrying with token abc12345 in 2 s",
+            "retrying with token [redacted] in 2 s",
+        ),
+        (
+            "SMTP_PASSWORD",
+            "Bearer xyzQ8w7e6r5t",
+            "smtp: 535 5.7.8 credentials xyzQ8w7e6r5t rejected",
+            "smtp: 535 5.7.8 credentials [redacted] rejected",
+        ),
+    ],
+    ids=["DB_PASSWORD-with-scheme", "DB_PASSWORD-token-alone", "SMTP_PASSWORD-token-alone"],
+)
+def test_a_token_written_with_its_scheme_under_a_password_name_is_taken_out_alone_too(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, line: str, logged: str
+) -> None:
+    """A password variable holding a token after its scheme word (``Token``, ``Bearer``)
+    is taken whole, a passphrase as it may be, and its token alone too: a client sends
+    and echoes the token without its scheme. Only a token too short to cut a run of
+    characters out of was shown."""
+    monkeypatch.setenv(name, value)
+    token = value.partition(" ")[2]
+    assert _cleaned_of((name, value), line, (value, token)) == logged
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DB_PASSWORD_2", "correct horse battery staple"),
+        ("PGPASSWORD2", "correct horse battery staple"),
+        ("SMTP_PASS", "my dog Rex was born in 2019"),
+        ("RABBITMQ_DEFAULT_PASS", "my dog Rex was born in 2019"),
+        ("DB_PASS_2", "s3cretPassw0rd"),
+    ],
+    ids=["DB_PASSWORD_2", "PGPASSWORD2", "SMTP_PASS", "RABBITMQ_DEFAULT_PASS", "DB_PASS_2"],
+)
+def test_a_passphrase_under_a_password_name_numbered_or_shortened_is_taken_out(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """A second password (``DB_PASSWORD_2``) or one under PASS (``SMTP_PASS``) may be
+    words with spaces between them as ``DB_PASSWORD``'s may: a number after the name's
+    word, or PASS for PASSWORD, changes nothing of what it holds."""
+    monkeypatch.setenv(name, value)
+    line = f"FATAL: password authentication failed (tried '{value}')"
+    cleaned = _cleaned_of((name, value), line, (value,))
+    assert cleaned == "FATAL: password authentication failed (tried '[redacted]')"
+
+
+def test_the_decoded_password_under_a_base64_name_is_taken_out_as_well_as_its_encoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``PASSWORD_B64`` holds a password encoded for a file or a CI secret: the application
+    decodes and sends the password itself, which an error then shows."""
+    password = "s3cretPassw0rd!"
+    encoded = "czNjcmV0UGFzc3cwcmQh"  # base64 of the password
+    monkeypatch.setenv("PASSWORD_B64", encoded)
+    line = f"login failed with {password} (from {encoded})"
+    cleaned = _cleaned_of(("PASSWORD_B64", encoded), line, (password, encoded))
+    assert cleaned == "login failed with [redacted] (from [redacted])"
+
+
+@pytest.mark.parametrize(
+    ("query", "line", "shown"),
+    [
+        (
+            "user=bot&password=correct+horse+battery+staple",
+            "login refused: password 'correct horse battery staple' for bot",
+            "correct horse battery staple",
+        ),
+        (
+            "access_token=tok%20abc%2F0123456789",
+            "GET /v1 refused: token 'tok abc/0123456789' expired",
+            "tok abc/0123456789",
+        ),
+        (
+            "password=s3cr3t+pa55word",
+            "login refused: password 's3cr3t pa55word' for bot",
+            "s3cr3t pa55word",
+        ),
+    ],
+    ids=["password-plus-for-space", "access_token-percent-encoded", "password-of-two-words"],
+)
+def test_a_urls_query_credential_is_taken_out_as_the_server_decodes_it(
+    monkeypatch: pytest.MonkeyPatch, query: str, line: str, shown: str
+) -> None:
+    """A query's value is written with ``+`` or ``%20`` for a space: the server, and the
+    errors it answers, show it decoded, a ``+`` as a space, whatever name holds it."""
+    url = f"https://gw.example/login?{query}"
+    monkeypatch.setenv("GATEWAY_URL", url)
+    cleaned = _cleaned_of(("GATEWAY_URL", url), line, (shown,))
+    assert cleaned == line.replace(shown, "[redacted]")
