@@ -35,7 +35,8 @@ class BodyLimit:
     A declared ``Content-Length`` over the limit is refused before the app runs; a body
     without one is counted as it streams in, and the app is stopped when it passes. The
     rest of a refused body is read and dropped (up to a few limits' worth), so that the
-    client reads the 413 rather than a connection reset.
+    client reads the 413 rather than a connection reset; but for a client that waits to
+    be asked for it (``Expect: 100-continue``), which sends none once refused.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, *, jsonrpc_path: str | None = None) -> None:
@@ -57,7 +58,7 @@ class BodyLimit:
             return
         for key, value in scope["headers"]:
             if key.lower() == b"content-length" and self._over(value):
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, drain=not _asks_first(scope))
                 return
         seen = 0
         started = ended = False
@@ -109,6 +110,16 @@ class BodyLimit:
             budget -= len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
+
+
+def _asks_first(scope: Scope) -> bool:
+    """Whether the client waits to be asked for the body (``Expect: 100-continue``): it
+    sends none once told a final status (RFC 9110, 10.1.1), and reading would ask for it
+    (the server answers ``100 Continue`` at the first read)."""
+    return any(
+        key.lower() == b"expect" and value.strip().lower() == b"100-continue"
+        for key, value in scope["headers"]
+    )
 
 
 def jsonrpc_refusal(told: str, status: int = 413) -> Response:

@@ -76,10 +76,23 @@ def configure_logging(level: str = "info", secrets: Sequence[str] = ()) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(each, _NoWebSocketAdvice) for each in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(_NoWebSocketAdvice())
     for name in _REQUEST_LINE_LOGGERS:
         logging.getLogger(name).setLevel(
             logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
         )
+
+
+class _NoWebSocketAdvice(logging.Filter):
+    """Drops uvicorn's advice to install a WebSocket library, which it gives at every
+    request asking for an upgrade: the server serves no WebSocket by choice (``ws="none"``),
+    and answers such a request as plain HTTP. uvicorn's warning of the unsupported upgrade
+    itself is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No supported WebSocket library detected")
 
 
 class AccessLog:

@@ -148,6 +148,10 @@ async def serve_http(
         config = uvicorn.Config(
             app,
             http=http,
+            # No route serves a WebSocket: a handshake is the GET it also is, its Upgrade
+            # ignored (RFC 9110, 7.8), answered by the app in JSON, not by the WebSocket
+            # library's bare 403 or its text/plain 400 for a malformed one.
+            ws="none",
             log_config=None,
             access_log=False,
             lifespan="on",

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.support.server_process import ServerProcess
 
 LIMIT = 4096
 
@@ -410,3 +413,85 @@ def test_a_body_just_under_the_limit_is_stored(http: httpx.Client, user: str) ->
 
     assert post_raw(http, f"/v1/users/{user}/messages", body).status_code == 201
     assert message_count(http, user) == 3
+
+
+def _exchanged(server: ServerProcess, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """The status line, headers and body of the first answer to ``request`` (raw bytes)
+    sent on a connection of its own, read within a few seconds."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = connection.recv(65536)
+            assert chunk, f"the connection closed before an answer: {received!r}"
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+        while len(body) < int(headers.get("content-length", "0")):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return status, headers, body
+
+
+_HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    "Sec-WebSocket-Version: 13\r\n{key}\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "error"),
+    [
+        ("/v1/users/nobody-ws/messages", 404, "not_found"),
+        ("/no/such/route", 404, "not_found"),
+        ("/v1/users/%FF/messages", 422, "invalid_input"),
+    ],
+)
+@pytest.mark.parametrize(
+    "key", ["Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""], ids=["keyed", "keyless"]
+)
+def test_a_websocket_handshake_gets_the_json_error_its_request_would_as_plain_http(
+    server: ServerProcess, path: str, status: int, error: str, key: str
+) -> None:
+    """The server serves no WebSocket: a handshake, well-formed or not (no key), is the
+    plain GET it also is, its Upgrade ignored (RFC 9110, 7.8), as an h2c one's is, and
+    answered with the API's JSON error and request id. It was a bare 403, or the
+    WebSocket library's text/plain 400, with no request id and no access log line."""
+    got, headers, body = _exchanged(server, _HANDSHAKE.format(path=path, key=key).encode())
+
+    assert got.split(" ")[1] == str(status), got
+    assert headers["content-type"] == "application/json"
+    answer = json.loads(body)
+    assert answer["error"] == error and answer["request_id"] == headers["x-request-id"]
+
+
+def test_a_websocket_handshake_to_a_route_is_answered_as_its_get(server: ServerProcess) -> None:
+    handshake = _HANDSHAKE.format(path="/healthz", key="Sec-WebSocket-Key: eA==\r\n")
+
+    got, _, body = _exchanged(server, handshake.encode())
+
+    assert got.split(" ")[1] == "200" and json.loads(body) == {"status": "ok"}
+    assert "WebSocket library" not in server.log_path.read_text(encoding="utf-8")
+
+
+def test_a_body_over_the_limit_announced_with_expect_100_continue_is_413_before_it_is_sent(
+    server: ServerProcess, http: httpx.Client, user: str
+) -> None:
+    """A client that asks first (``Expect: 100-continue``, as curl does for large bodies)
+    is told 413 at once, and sends nothing (RFC 9110, 10.1.1): the server asked for the
+    body to drop it, then waited for it, and answered only once it had come."""
+    request = (
+        f"POST /v1/users/{user}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {4 * LIMIT}\r\n\r\n"
+    )
+
+    got, headers, body = _exchanged(server, request.encode())
+
+    assert got.split(" ")[1] == "413", got
+    assert headers["connection"] == "close"
+    assert json.loads(body)["error"] == "payload_too_large"
+    assert message_count(http, user) == 2
