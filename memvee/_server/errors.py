@@ -146,9 +146,10 @@ def _named(content_type: str | None) -> str:
 
 
 def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
-    """Answer every error with ``{"error", "message", "request_id"}`` and its status;
-    a 405 names in ``Allow`` the methods of every one of ``routes`` at its path (FastAPI
-    keeps an included router's routes out of ``app.routes``)."""
+    """Answer every error with ``{"error", "message", "request_id"}`` and its status (a
+    defect with 500 ``internal_error``, its words left to the log); a 405 names in
+    ``Allow`` the methods of every one of ``routes`` at its path (FastAPI keeps an
+    included router's routes out of ``app.routes``)."""
     # Here, not at the top: the MCP tools share this module, and memvee mcp loads no FastAPI.
     from fastapi.exceptions import RequestValidationError
 
@@ -195,6 +196,14 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
             headers["Allow"] = _allowed_methods(routes, request.scope)
         return error_response(request.scope, error.status_code, code, str(error.detail), headers)
 
+    async def on_defect(request: Request, error: Exception) -> JSONResponse:
+        # Starlette raises the error again once this answer is sent: the server logs its
+        # traceback (cleaned of secrets) after the request's access line.
+        request_id = request.scope.get(REQUEST_ID_KEY)
+        told = f"the server failed unexpectedly; its log says why (request {request_id})"
+        return error_response(request.scope, 500, "internal_error", told)
+
+    app.add_exception_handler(Exception, on_defect)
     app.add_exception_handler(MemveeError, on_known)
     app.add_exception_handler(ApiError, on_known)
     for database_failure in DATABASE_FAILURES:

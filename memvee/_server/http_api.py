@@ -137,6 +137,7 @@ _ERRORS: dict[int, str] = {
     "Content-Encoding (unsupported_media_type).",
     421: "A loopback server asked for another host (misdirected_request).",
     422: "A body, parameter or user id the server cannot take (invalid_input).",
+    500: "A defect of the server (internal_error): its log says why under the request id.",
     502: "Extraction failed (processing_failed).",
     503: "Starting, shutting down or rebuilding a user's counters (not_ready: try again; "
     "outcome_unknown: a change cut "
@@ -145,9 +146,9 @@ _ERRORS: dict[int, str] = {
 }
 """The error statuses the server answers, and when: the OpenAPI document's words."""
 
-ANY_ROUTE_ERRORS = (403, 405, 421, 503)
+ANY_ROUTE_ERRORS = (403, 405, 421, 500, 503)
 """Errors every route may answer, the probes too: the loopback guard's, a method the path
-does not take, and the drain's."""
+does not take, a defect's, and the drain's."""
 
 _ANY_USER_ROUTE = (*ANY_ROUTE_ERRORS, 401, 422)
 """Errors every route of ``/v1`` may answer: a token's, and a user id's."""

@@ -14,7 +14,9 @@ import pytest
 
 from events import ROLES, EventStore
 from memvee import Memory
+from memvee._server.app import create_app
 from memvee._server.http_api import LISTED_PER_WRITE
+from memvee.audit import Audit
 from projections import ProjectionTables, Projector
 from tests.support.raw_http import head_body
 from tests.support.server_process import ServerProcess, wait_until
@@ -538,11 +540,11 @@ def test_the_openapi_document_describes_the_errors_the_server_sends(
     )
     messages = "/v1/users/{user_id}/messages"
     assert statuses("POST", messages) == [
-        *("201", "401", "403", "405", "409", "413", "415", "421", "422", "503")
+        *("201", "401", "403", "405", "409", "413", "415", "421", "422", "500", "503")
     ]
-    read = ["200", "401", "403", "404", "405", "421", "422", "503"]
+    read = ["200", "401", "403", "404", "405", "421", "422", "500", "503"]
     assert statuses("GET", "/v1/users/{user_id}") == read
-    assert statuses("POST", "/v1/users/{user_id}/flush")[-2:] == ["502", "503"]
+    assert statuses("POST", "/v1/users/{user_id}/flush")[-3:] == ["500", "502", "503"]
     process = operations["POST", "/v1/users/{user_id}/process"]["responses"]["202"]
     assert "Location" in process["headers"]
     assert schema(process) == {"$ref": "#/components/schemas/TaskOut"}
@@ -599,3 +601,31 @@ def test_a_loopback_server_answers_no_rebound_host_nor_another_site(
         headers={**spelled, "accept": "application/json, text/event-stream"},
     )
     assert listed.status_code == 200, listed.text
+
+
+async def test_a_route_that_crashes_answers_the_json_internal_error_without_its_words(
+    memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error the API has no word for (a defect) is answered in the API's one error
+    shape, 500 ``internal_error``, naming the request whose log line tells why: it was
+    Starlette's text/plain "Internal Server Error". Its own words, which may hold a
+    password, go to the log only."""
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("postgresql://memvee:s3cret@db/memvee is gone")
+
+    monkeypatch.setattr(memory, "retrieve", crash)
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            answer = await http.post("/v1/users/ann/retrieve", json={"query": "x"})
+
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/json"
+    request_id = answer.headers["x-request-id"]
+    assert answer.json() == {
+        "error": "internal_error",
+        "message": f"the server failed unexpectedly; its log says why (request {request_id})",
+        "request_id": request_id,
+    }
