@@ -210,7 +210,12 @@ def _words_of(name: str) -> list[str]:
 
 def _names_base64(name: str) -> bool:
     """Whether ``name`` ends saying its value is encoded in base64 (``PASSWORD_B64``)."""
-    return re.search(r"(?i)b(?:ase)?64", _qualifiers(name)) is not None
+    qualifiers = _qualifiers(name)
+    return bool(qualifiers) and _BASE64.search(qualifiers) is not None
+
+
+_BASE64 = re.compile(r"(?i)b(?:ase)?64")
+"""How a name's ending says base64 (:func:`_names_base64`)."""
 
 
 def _says_secret(word: str) -> bool:
