@@ -432,9 +432,10 @@ def test_a_url_under_a_secret_sounding_name_has_only_its_credentials_taken_out(
 
 
 def _cleaned_of(variable: tuple[str, str], line: str, shown: tuple[str, ...]) -> str:
-    """``line`` as RedactSecrets logs it with ``variable`` (a name and value) set in the
-    environment, checked first to show none of ``shown`` (the credential's forms): a
-    failure names which form leaked by its place in ``shown``, never the form itself."""
+    """``line`` as RedactSecrets logs it once the test set ``variable`` (a name and value)
+    in the environment, checked first to show none of ``shown`` (the credential's forms):
+    a failure names the variable and which form leaked by its place in ``shown``, never
+    the form itself."""
     cleaned = _cleaned("%s", line)
     leaked = [f"form {index}" for index, form in enumerate(shown) if form in cleaned]
     assert leaked == [], f"{variable[0]}: {leaked} shown"
