@@ -42,7 +42,7 @@ _REBUILDING = "rebuilding"
 _GENERATION = "generation"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 """The layout of the projection tables; bump it when a table, a fold or the search
 fingerprint (how words are cut and indexed) changes: an older memvee refuses only a
 higher number, and would otherwise lay a newer database out again in its own layout.
@@ -50,7 +50,9 @@ higher number, and would otherwise lay a newer database out again in its own lay
 15 marks current entries in the knowledge index; the ``unreadable`` table came with it, so
 a memvee from before that table (14 or lower) refuses a database laid out with it, rather
 than serving a user whose log was left unfolded as one with no rows. 16 marks the
-citations of a message that said a known entry again (``repeated``)."""
+citations of a message that said a known entry again (``repeated``). 17 marks each
+knowledge version's current entries in the index apart, so that a version's newest rows
+of a word are its own (see :func:`projections.search.current_token`)."""
 
 VECTORS_SINCE = 10
 """The first schema version whose embeddings' ids are stored as now (16 bytes on SQLite,

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     ColumnClause,
     ColumnElement,
+    CompoundSelect,
     Connection,
     Select,
     Table,
@@ -76,12 +77,13 @@ BM25, and ranking all of them made the entries shown beside each batch cost what
 user's entries number, so that extracting a backlog took time growing with its square."""
 
 _WINDOW_PER_WORD = 4 * _NEWEST_PER_WORD
-"""How many of each word's newest index rows of the user, of every knowledge version, a
-bounded search looks among for the rows of its own version (the newest
-:data:`_NEWEST_PER_WORD` of them kept): a fixed window, so the search costs the same
-however many rows another version holds. A word with fewer index rows is searched whole;
-a version with none of a crowded word's newest rows gets none of that word's rows (the
-other words of the text still find theirs). Both backends take the same window."""
+"""How many of each word's newest index rows of the user's current entries of the
+search's knowledge version a bounded search looks among for the rows that pass its
+filters (the newest :data:`_NEWEST_PER_WORD` of them kept): a fixed window of the
+version's own, so the search costs the same however many rows another version holds, and
+another version's newer rows never crowd its own out (a window of every version's rows
+showed a live batch none of its own beside a re-extraction that wrote 1,024 newer ones).
+A word with fewer index rows is searched whole. Both backends take the same window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +178,10 @@ class LexicalRanker:
             ),
         }
         self._pg_window_where = {
-            dated: (k.c.log_id == bindparam("log_id"), *(() if dated else valid[False]))
-            for dated in (False, True)
+            dated: (*live, *(() if dated else valid[False])) for dated in (False, True)
         }
         self._pg_where = {dated: (*live, *valid[dated]) for dated in (False, True)}
+        self._pg_among_newest = k.c.entry_id.in_(bindparam("newest", expanding=True))
         self._pg_entries = {
             (dated, added): _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc(), added)
             for dated in (False, True)
@@ -215,7 +217,7 @@ class LexicalRanker:
 
         With no terms, the most recent valid entries, each scored 0. ``bounded`` ranks
         only the newest :data:`_NEWEST_PER_WORD` rows of each word among its newest
-        :data:`_WINDOW_PER_WORD` of every version, so that the search costs about the
+        :data:`_WINDOW_PER_WORD` of the version, so that the search costs about the
         same however many entries share its common words, in any version;
         ``newest`` keeps the rows each word found, so the searches of one batch, which
         share their common words, look each up once (SQLite).
@@ -238,10 +240,11 @@ class LexicalRanker:
         own, extra_words = own_and_added_words(terms, added)
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),) * 2
-            matches = _fts_matches(log_id, own, extra_words, current=not dated)
+            current = None if dated else version
+            matches = _fts_matches(log_id, own, extra_words, current=current)
             words = (
                 tuple(
-                    _fts_matches(log_id, [word], [], current=not dated)[0]
+                    _fts_matches(log_id, [word], [], current=current)[0]
                     for word in dict.fromkeys([*own, *extra_words])
                 )
                 if bounded
@@ -266,20 +269,27 @@ class LexicalRanker:
         pg_terms = [w for word in every if (w := pg_words([word]))]
         if pg_terms:
             params.update({f"word{i}": word for i, word in enumerate(pg_terms)})
-            statement = statement.where(self._pg_newest(dated, len(pg_terms)))
+            chosen = connection.execute(self._pg_newest(dated, len(pg_terms)), params)
+            params["newest"] = list(dict.fromkeys(entry_id for (entry_id,) in chosen))
+            if not params["newest"]:
+                return []
+            statement = statement.where(self._pg_among_newest)
         rows = connection.execute(statement, params).mappings()
         return [(model(r), score) for r, score in _tiered(_pg_hits(rows))]
 
-    def _pg_newest(self, dated: bool, words: int) -> ColumnElement[bool]:
-        """The entries a bounded search ranks on PostgreSQL, as SQLite's do: for each of
+    def _pg_newest(self, dated: bool, words: int) -> CompoundSelect[Any]:
+        """The ids of the entries a bounded search ranks on PostgreSQL, as SQLite's do,
+        read before the ranking (as SQLite reads its rows): within one statement, without
+        statistics, the planner scanned every word's window again for each of the
+        version's entries (rescans of a backward index scan, hundreds of them). For each of
         the ``words`` bound as ``word0``..., its newest :data:`_WINDOW_PER_WORD` entries of
-        the user (by the version that wrote them, then their place in it; the current
-        ones, undated, as SQLite's index marks them), of every knowledge version, and of
-        those the newest :data:`_NEWEST_PER_WORD` that pass the search's filters.
+        the user's knowledge version (by the log version that wrote them, then their place
+        in it; the current ones, undated, as SQLite's index marks them), and of those the
+        newest :data:`_NEWEST_PER_WORD` that pass the search's filters.
 
-        Dated, SQLite's window also counts the index rows of entries a promotion removed
-        (its index keeps them), so the two may differ there; :meth:`related`, the one
-        bounded search, is never dated."""
+        Dated, SQLite's window counts the index rows of every version, and of entries a
+        promotion removed (its index keeps them), so the two may differ there;
+        :meth:`related`, the one bounded search, is never dated."""
         k = self.tables.knowledge
         vector: ColumnClause[Any] = literal_column(f"{k.name}.{PG_VECTOR}")
         owner = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("owner"))
@@ -312,7 +322,7 @@ class LexicalRanker:
             .subquery()
             for window in windows
         ]
-        return k.c.entry_id.in_(union_all(*(select(n.c.entry_id) for n in newest)))
+        return union_all(*(select(n.c.entry_id) for n in newest))
 
     def messages(
         self,
@@ -414,14 +424,15 @@ def _tiered(hits: list[tuple[T, float, bool]]) -> list[tuple[T, float]]:
 
 
 def _fts_matches(
-    log_id: str, own: list[str], added: list[str], *, current: bool = False
+    log_id: str, own: list[str], added: list[str], *, current: str | None = None
 ) -> tuple[str, ...]:
     """The FTS5 queries of a search: of the query's ``own`` index words and, if its
-    topics ``added`` any, of every word; with ``current``, of the entries marked current
-    only (:func:`~projections.search.current_token`): the ended ones, every past value
-    of a fact, are never scored. The owner column weighs 0, so the ranks are the same."""
+    topics ``added`` any, of every word; with ``current``, a knowledge version, of that
+    version's entries marked current only (:func:`~projections.search.current_token`):
+    the ended ones, every past value of a fact, and the other versions' are never scored.
+    The owner column weighs 0, so the ranks are the same."""
     owner = owner_token(log_id)
-    only = f' AND owner : "{current_token(owner)}"' if current else ""
+    only = "" if current is None else f' AND owner : "{current_token(owner, current)}"'
     queries = (own, *(([*own, *added],) if added else ()))
     return tuple(f"({_fts_words(owner, words)}){only}" for words in queries)
 
@@ -556,11 +567,11 @@ class _SqliteSearch:
         self, cursor: Any, words: tuple[str, ...], filters: tuple[Any, ...], known: NewestRows
     ) -> list[int] | None:
         """The rows a bounded search ranks (index rowids, oldest first):
-        of each of ``words``, the newest :data:`_NEWEST_PER_WORD` that pass the
-        ``filters`` (the search's knowledge version) among its newest
-        :data:`_WINDOW_PER_WORD` index rows, as PostgreSQL takes them; None when each
-        word's rows are all there (every row is ranked then, as cheaply). None is ranked
-        when the window of every word holds only rows of other versions.
+        of each of ``words`` (FTS5 queries of the version's current entries, when undated),
+        the newest :data:`_NEWEST_PER_WORD` that pass the ``filters`` (the search's
+        knowledge version) among its newest :data:`_WINDOW_PER_WORD` index rows, as
+        PostgreSQL takes them; None when each word's rows are all there (every row is
+        ranked then, as cheaply). None is ranked when no row of any word passes.
 
         The window is read from the index alone, then its rows filtered in one read, so
         a search costs the same however many rows another version holds: walking the

@@ -42,6 +42,7 @@ from sqlalchemy import Column, Connection, MetaData, Table, Text, inspect, text
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from events import UserLog
+from events.user_log import LIVE_KNOWLEDGE
 from projections.columns import id_param, id_text
 from projections.comparison import Listing, sortable
 from projections.rows import Row
@@ -121,6 +122,14 @@ _INDEX_PAGE = 2000
 """Messages read and indexed per statement by :meth:`SearchIndex.index_messages`."""
 _EXTRACTED = (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted)
 """The events whose entries go in the index."""
+_MARKED_BY = frozenset({"valid_until", "knowledge_version"})
+"""The knowledge columns an indexed entry's mark follows (see :func:`current_token`)."""
+_CURRENT_MARK_SQL = (
+    f"'now' || CASE knowledge_version WHEN '{LIVE_KNOWLEDGE}' THEN '' "
+    "ELSE lower(hex(knowledge_version)) END"
+)
+"""A current knowledge row's mark after its owner token, in SQLite: what
+:func:`current_token` adds."""
 
 
 @lru_cache(maxsize=4096)
@@ -175,12 +184,18 @@ def text_stems(text: str) -> list[str]:
     return _stems(word_pieces(text, singles=True))
 
 
-def current_token(owner: str) -> str:
-    """The token in the ``owner`` column of an indexed entry that is current (no
-    ``valid_until``), in place of the bare owner token: a search of current entries
-    matches it, so it never meets the ended ones, however many changes a fact had. One
-    token either way, so BM25 (which counts a row's tokens) ranks alike."""
-    return f"{owner}now"
+def current_token(owner: str, version: str = LIVE_KNOWLEDGE) -> str:
+    """The token in the ``owner`` column of an indexed entry of knowledge ``version``
+    that is current (no ``valid_until``), in place of the bare owner token: a search of a
+    version's current entries matches it, so it never meets the ended ones, however many
+    changes a fact had, nor another version's (a re-extraction's newer rows crowded a
+    live batch's window of a word out, and the reverse). One token either way, so BM25
+    (which counts a row's tokens) ranks alike. A version other than live is named by its
+    UTF-8 bytes in hex, as SQLite's ``lower(hex(...))`` writes it (see
+    :data:`_CURRENT_MARK_SQL`)."""
+    if version == LIVE_KNOWLEDGE:
+        return f"{owner}now"
+    return f"{owner}now{version.encode().hex()}"
 
 
 def owned_words(log_id: str, text: str) -> str:
@@ -426,16 +441,18 @@ class SearchIndex:
         again the stored entries whose ``valid_until`` those rows changed; their messages
         wait for :meth:`index_messages`."""
         inserted, updated, deleted = knowledge
-        current = {row["entry_id"] for row in inserted if row["valid_until"] is None}
+        current = {
+            row["entry_id"]: row["knowledge_version"]
+            for row in inserted
+            if row["valid_until"] is None
+        }
         entries = [
-            (_marked(row["owner"], row["item_id"] in current), row["body"], row["item_id"])
+            (_marked(row["owner"], current.get(row["item_id"])), row["body"], row["item_id"])
             for e in events
             if isinstance(e, _EXTRACTED)
             for _, row in search_fold(self, e)
         ]
-        marks = [
-            (row["valid_until"] is None, row["entry_id"]) for row in updated if "valid_until" in row
-        ] + [(False, key) for key in deleted]
+        marks = [row["entry_id"] for row in updated if _MARKED_BY.intersection(row)] + list(deleted)
         if not (entries or marks):
             return
         cursor = connection.connection.driver_connection
@@ -446,11 +463,15 @@ class SearchIndex:
             [(owner, body, id_param(item)) for owner, body, item in entries],
         )
         if marks:
-            # The owner column holds its owner's token whether marked or not.
+            # The owner column holds its owner's token whether marked or not; the mark is
+            # read off the entry's knowledge row as written (none once the row is gone).
+            knowledge_rows = self.tables.knowledge.name
             cursor.executemany(
-                f"UPDATE {k} SET owner = substr(owner, 1, 32) || ? "
-                f"WHERE rowid IN (SELECT id FROM {k}_content WHERE c2 = ?)",
-                [("now" if now else "", id_param(str(key))) for now, key in marks],
+                f"UPDATE {k} SET owner = substr(owner, 1, 32) || coalesce(("
+                f"SELECT {_CURRENT_MARK_SQL} FROM {knowledge_rows} "
+                "WHERE entry_id = ?1 AND valid_until IS NULL), '') "
+                f"WHERE rowid IN (SELECT id FROM {k}_content WHERE c2 = ?1)",
+                [(id_param(str(key)),) for key in marks],
             )
 
     def unindexed(self, connection: Connection) -> bool:
@@ -550,7 +571,7 @@ class SearchIndex:
         k = self.knowledge_fts.name
         erased = connection.execute(
             text(f"DELETE FROM {k} WHERE rowid IN (SELECT rowid FROM {k} WHERE {k} MATCH :q)"),
-            {"q": f'owner : ("{owner}" OR "{current_token(owner)}")'},
+            {"q": f'owner : ("{owner}" *)'},  # the bare token, or marked current
         ).rowcount
         erased += self._forget_messages(connection, log_id)
         for name in (k, self.messages_fts.name):
@@ -668,7 +689,7 @@ def indexed_layout() -> str:
     versions, which the installation brings, aside): a change to it comes with a new
     schema version, so that an older memvee refuses the database rather than laying it
     out again in its own way."""
-    return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes|current marked"
+    return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes|current marked by version"
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:
@@ -677,7 +698,8 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
 
     Entries are never removed when they end or a version is promoted: the rankers join
     the knowledge rows, which say what is valid. The owner column is the bare owner's
-    token here; :meth:`SearchIndex.write` marks the current ones (:func:`current_token`).
+    token here; :meth:`SearchIndex.write` marks the current ones, by their knowledge
+    version (:func:`current_token`), and marks them again when they end or are promoted.
     """
     if isinstance(e, _EXTRACTED):
         log_id = str(e.originator_id)
@@ -693,9 +715,10 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
             )
 
 
-def _marked(owner: str, current: bool) -> str:
-    """The owner column of an indexed entry: ``owner``, or its current token."""
-    return current_token(owner) if current else owner
+def _marked(owner: str, current: str | None) -> str:
+    """The owner column of an indexed entry: ``owner``, or, for an entry current in
+    knowledge version ``current``, that version's current token."""
+    return owner if current is None else current_token(owner, current)
 
 
 def _entry_vector(row: Row) -> str:

@@ -15,7 +15,14 @@ from sqlalchemy import Connection
 
 from events import BatchMessage, EventStore, ExtractedFact, UserLog, user_log_id
 from events.user_log import LIVE_KNOWLEDGE
-from projections import KnowledgeEntry, LexicalRanker, ProjectionTables, Projector, index_messages
+from projections import (
+    KnowledgeEntry,
+    LexicalRanker,
+    ProjectionTables,
+    Projector,
+    index_messages,
+    verify,
+)
 from projections.ranking import MAX_QUERY_TOKENS, fts_match
 from projections.search import owned_terms
 from tests.support.sqlite_steps import counted_steps
@@ -475,3 +482,89 @@ def test_the_entries_shown_beside_a_batch_cost_about_the_same_however_many_the_o
         shown[user_id] = [text for _, text, _ in found]
     assert shown["few"][:20] == shown["many"][:20] == [own[i] for i in named]
     assert steps["many"] < 2 * steps["few"], steps
+
+
+def _learn_beside_newer_rows_of_the_other_version(
+    store: EventStore,
+    projector: Projector,
+    user_id: str,
+    version: str,
+    own: list[str],
+    other: list[str],
+) -> None:
+    """``user_id``'s facts ``own`` are extracted into knowledge ``version`` (live, or the
+    re-extraction "v2"), each from a message of its own, then ``other`` into the other
+    version, all at once and newer than every ``own`` row: a re-extraction under way
+    beside a live batch, or live batches beside one of a re-extraction."""
+    log = UserLog.register(user_id)
+    if version == LIVE_KNOWLEDGE:
+        (message, at), *_ = _said_and_extracted(log, user_id, own)
+        batch = [BatchMessage(message, "user", own[0], at)]
+        facts = [ExtractedFact(fact, (message,)) for fact in other]
+        log.record_reextraction("v2", [message], facts, "x", batch=batch)
+    else:
+        notes = [f"Note {i}." for i in range(len(own))]
+        said = _said_and_extracted(log, user_id, notes)
+        for (message, at), note, fact in zip(said, notes, own, strict=True):
+            batch = [BatchMessage(message, "user", note, at)]
+            log.record_reextraction(
+                "v2", [message], [ExtractedFact(fact, (message,))], "x", batch=batch
+            )
+        message = log.add_message("user", "I like things", T0 + timedelta(days=len(own)), 1000)
+        assert log.request_processing(f"{user_id}-later", "manual")
+        log.start_next()
+        batch = [BatchMessage(message, "user", "I like things", T0 + timedelta(days=len(own)))]
+        facts = [ExtractedFact(fact, (message,)) for fact in other]
+        log.record_knowledge(f"{user_id}-later", facts, "x", batch=batch)
+    store.append([list(log.collect_events())], projector.apply)
+
+
+@pytest.mark.parametrize("version", [LIVE_KNOWLEDGE, "v2"])
+def test_a_batch_is_shown_its_own_versions_newest_entries_however_many_newer_the_other_holds(
+    db_url: str, version: str
+) -> None:
+    """Each knowledge version's rows of a word are a window of their own: a live batch
+    beside a re-extraction that wrote 1,100 newer entries saying "likes" (and a
+    re-extraction's batch beside as many newer live ones) is shown the newest of its own
+    version's entries saying it, alike on both backends. Each word's newest rows of every
+    version were looked among, so the other version's crowded every one of them out."""
+    store = EventStore(db_url)
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    own = [f"User likes thing{i}." for i in range(300)]
+    other = [f"User likes widget{i}." for i in range(1_100)]
+    _learn_beside_newer_rows_of_the_other_version(store, projector, "ann", version, own, other)
+    ranker = LexicalRanker(projector.tables)
+    with store.engine.connect() as connection:
+        shown = ranker.related(connection, "ann", ["I like it"], 5, 10**6, version)
+    assert [text for _, text, _ in shown] == own[::-1][:5]
+    store.close()
+
+
+def test_a_promoted_versions_entries_are_searched_as_the_live_ones(store: EventStore) -> None:
+    """A re-extraction's current entries are marked in the index as its own, apart from
+    the live ones; once the version is promoted they are searched as live entries (and
+    the live ones they replaced no more), as a rebuild of the log marks them."""
+    projector = Projector(ProjectionTables())
+    log = UserLog.register("ann")
+    said = _said_and_extracted(log, "ann", ["User likes tea.", "User likes cake."])
+    again = ["User likes jazz.", "User likes opera."]
+    for (message, at), fact in zip(said, again, strict=True):
+        batch = [BatchMessage(message, "user", fact, at)]
+        log.record_reextraction(
+            "v2", [message], [ExtractedFact(fact, (message,))], "x", batch=batch
+        )
+    history = list(log.collect_events())
+    store.append([history], projector.apply)
+    log.promote("v2", history)
+    store.append([list(log.collect_events())], projector.apply)
+    ranker = LexicalRanker(projector.tables)
+    with store.engine.connect() as connection:
+        found = ranker.entries(connection, "ann", ["likes"], 10)
+        shown = ranker.related(connection, "ann", ["I like it"], 1, 2)
+        left = ranker.entries(connection, "ann", ["likes"], 10, version="v2")
+    assert sorted(entry.text for entry, _ in found) == again
+    assert [text for _, text, _ in shown] == again[1:]
+    assert left == []
+    assert verify(store) == []

@@ -676,6 +676,8 @@ SCHEMA_OF_INDEXED_LAYOUT = {
     "|strokes|cut 2046 bytes": 14,
     "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
     "|strokes|cut 2046 bytes|current marked": 15,
+    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
+    "|strokes|cut 2046 bytes|current marked by version": 17,
 }
 """The schema version that came with each way of indexing words (a later version may
 change other tables and keep the words as they are: 16 marked repeats in the citations)."""
