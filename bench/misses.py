@@ -1,10 +1,10 @@
 """``python -m bench.misses``: why retrieval misses the answer at 1 on the eval sets.
 
 Each set is replayed as ``bench.eval`` replays it (offline extractor, messages included,
-hybrid ranking at memvee's default weight, top 10); for every question whose answer is
-not the first item, the first item is printed with the answer's own rank and text, and
-the misses are counted by cause (:func:`cause`). Figures are printed, never asserted.
-"""
+hybrid ranking at memvee's default weight or ``--alpha``, top 10); for every question
+whose answer is not the first item, the first item is printed with the answer's own rank
+and text, and the misses are counted by cause (:func:`cause`). Figures are printed, never
+asserted."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def cause(
 
 
 async def _misses(
-    conversations: Sequence[Conversation], folder: Path
+    conversations: Sequence[Conversation], folder: Path, alpha: float
 ) -> tuple[list[Miss], list[int | None]]:
     """Replay ``conversations`` and rank each question: the questions missed at 1, and
     the rank of every question's answer (None when it is not returned)."""
@@ -109,7 +109,7 @@ async def _misses(
             engine.store.engine,
             engine.tables,
             ContainedEmbedder(OnnxMiniLMEmbedder()),
-            alpha=DEFAULT_ALPHA,
+            alpha=alpha,
         )
         for conversation, written in zip(conversations, replayed, strict=True):
             by_id = {i: p for p, i in written.user_message_ids.items()}
@@ -152,20 +152,24 @@ async def _misses(
     return found, ranks
 
 
-def misses(path: Path) -> tuple[list[Miss], list[int | None]]:
-    """The questions of the set at ``path`` missed at 1, and every answer's rank."""
+def misses(path: Path, alpha: float = DEFAULT_ALPHA) -> tuple[list[Miss], list[int | None]]:
+    """The questions of the set at ``path`` missed at 1, and every answer's rank, ranked
+    at the lexical weight ``alpha``."""
     with tempfile.TemporaryDirectory(prefix="memvee-misses-") as folder:
-        return asyncio.run(_misses(load_dataset(path), Path(folder)))
+        return asyncio.run(_misses(load_dataset(path), Path(folder), alpha))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print each miss at 1 of every set, then the misses counted by cause."""
     parser = argparse.ArgumentParser(prog="python -m bench.misses", description=__doc__)
     parser.add_argument("--dataset", type=Path, action="append", help="a set (repeatable)")
+    parser.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help="the lexical weight (default: memvee's)"
+    )
     args = parser.parse_args(argv)
     paths = args.dataset or [DATASET, *EXTRA_DATASETS]
     for path in paths:
-        found, ranks = misses(path)
+        found, ranks = misses(path, args.alpha)
         recall = [
             sum(1 for r in ranks if r is not None and r <= k) / len(ranks) for k in (1, 5, 10)
         ]
