@@ -255,6 +255,37 @@ async def test_a_question_calling_the_user_by_name_finds_what_she_said_not_her_s
         assert reader.speaker(connection, "group") is None
 
 
+@pytest.mark.parametrize(
+    "question", ["Which horse does Noor ride?", "What's the name of the horse Noor rides?"]
+)
+async def test_a_fact_sharing_only_the_users_name_is_not_listed_before_the_message_answering(
+    make_memory: Callable[..., Any], question: str
+) -> None:
+    """Every fact of a user who gives their name is written under it ("Noor is a vet at a
+    small animal clinic."), so a question naming her shares that word with all of them: it
+    tells none apart, and a fact holding no other word of the question is one found by
+    meaning alone, left out beside the message that answers far better (a result lists its
+    facts first). It was listed before "I ride a grey gelding called Storm ...". A fact
+    holding another word of the question stays."""
+    memory = await _offline(make_memory, embedder=shared_default(), config=_EVERY_VECTOR)
+    turns = [
+        ("I'm a vet at a small animal clinic.", "Noted."),
+        ("I ride a grey gelding called Storm at the stables on Saturdays.", "Lovely."),
+        ("My legs ache after every lesson.", "That passes."),
+        ("Rain all week here.", "Stay dry."),
+    ]
+    for i, (said, reply) in enumerate(turns):
+        at = T0 + timedelta(minutes=i)
+        await memory.add_exchange("noor", said, reply, sent_at=at, user_name="Noor")
+    await memory.flush("noor")
+
+    result = await memory.retrieve("noor", question, top_k=3, include_messages=True)
+    assert result.entries == [], _by_score(result)
+    assert result.messages[0].message.content == turns[1][0]
+    vet = await memory.retrieve("noor", "Is Noor a vet?", top_k=3, include_messages=True)
+    assert [hit.text for hit in vet.entries] == ["Noor is a vet at a small animal clinic."]
+
+
 class _QueryRecorder(ConceptEmbedder):
     """The concept embedder, keeping the last text it was given alone (a search's query)."""
 
