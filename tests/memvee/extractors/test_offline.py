@@ -1637,3 +1637,37 @@ async def test_what_a_sentence_says_once_it_turns_back_from_a_wish_counts(
 ) -> None:
     """It was cut with the wish: "..., but I live in Oslo" said nothing."""
     assert await against((), content) == (new(fact),)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "We moved to Ålesund in the spring.",
+        "We've just moved to Ålesund.",
+        "Last month we moved from Hamar to Ålesund.",
+    ],
+)
+async def test_a_move_the_user_tells_as_we_is_their_new_home(content: str) -> None:
+    """ "We moved to Ålesund" tells where the user lives now as "I moved to Ålesund" does
+    (the user moved with the others), so it replaces the home known before; left unread,
+    the old home stayed current and its fact came first for "where do I live now?"."""
+    assert await texts_of(content) == ["User lives in Ålesund."]
+    hamar = entry("e-hamar", "User lives in Hamar.")
+    assert await against((hamar,), content) == (update("User lives in Ålesund.", "e-hamar"),)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "We moved to a new office downtown.",
+        "We moved to the next round of the quiz.",
+        "If we moved to Ålesund, I would fish more.",
+        "We never moved to Ålesund.",
+    ],
+)
+async def test_a_move_told_as_we_that_names_no_home_of_the_users_states_none(
+    content: str,
+) -> None:
+    """What "we moved to" names is a home only as what "I moved to" names is one: a
+    common noun, a hypothesis or a denial is none."""
+    assert await texts_of(content) == []
