@@ -52,7 +52,7 @@ _NAME_SUFFIXES = frozenset({"inc", "ltd", "co", "corp", "jr", "sr", "etc", "u.s"
 _CLAUSE_BREAK = re.compile(
     r"(?<!\s)(?:\s*[,;:]\s*(?:(?:and|but|so|plus)\b(?:\s+(?:now|then|since\s+then|today))?,?\s+)?"
     r"|\s+(?:and|but|so|plus)\b(?:\s+(?:now|then|since\s+then|today))?,?\s+|\s+-+\s+)"
-    r"(?=(?:i|my)\b)",
+    r"(?=(?:i|my|we)\b)",
     re.IGNORECASE,
 )
 _ELIDED_SUBJECT = re.compile(

@@ -1645,12 +1645,15 @@ async def test_what_a_sentence_says_once_it_turns_back_from_a_wish_counts(
         "We moved to Ålesund in the spring.",
         "We've just moved to Ålesund.",
         "Last month we moved from Hamar to Ålesund.",
+        "I took the offer, so we moved to Ålesund in March.",
+        "Update from the coast: we moved to Ålesund.",
     ],
 )
 async def test_a_move_the_user_tells_as_we_is_their_new_home(content: str) -> None:
     """ "We moved to Ålesund" tells where the user lives now as "I moved to Ålesund" does
     (the user moved with the others), so it replaces the home known before; left unread,
-    the old home stayed current and its fact came first for "where do I live now?"."""
+    the old home stayed current and its fact came first for "where do I live now?". A
+    clause opening on "we" is read as one opening on "I" is, after a comma or a colon."""
     assert await texts_of(content) == ["User lives in Ålesund."]
     hamar = entry("e-hamar", "User lives in Hamar.")
     assert await against((hamar,), content) == (update("User lives in Ålesund.", "e-hamar"),)
