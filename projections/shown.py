@@ -77,6 +77,7 @@ class Near:
         self.user_id = user_id
         self.vectors = vectors
         self.version = version
+        self.forgotten = index.forgotten  # before the search's connection reads
 
     def entries(
         self, connection: Connection, reader: ProjectionReader, limit: int
@@ -85,7 +86,7 @@ class Near:
         turns: each one's nearest first, then each one's second, and so on."""
         each = max(_NEAR_PER_TEXT, limit // max(1, len(self.vectors)))
         found = self.index.entries_near_each(
-            connection, self.user_id, self.vectors, min(each, limit), self.version
+            connection, self.user_id, self.vectors, min(each, limit), self.version, self.forgotten
         )
         order = list(dict.fromkeys(i for turn in itertools.zip_longest(*found) for i in turn))
         read = {e.entry_id: e for e in reader.entries(connection, self.user_id, order[:limit])}

@@ -144,6 +144,9 @@ is short, and a background fill soon gives the model over to a search that start
 32, a search behind a backlog of long texts took 1.0 s instead of 0.6 s)."""
 _HOLD_OFF = 0.5
 """The longest a background fill waits for searches to end before its next batch."""
+_READ_BY_ID = 500
+"""How many entry vectors one statement reads by id."""
+
 _FILLED_KEPT = 100_000
 """Users whose last filled log version is remembered (least recent forgotten)."""
 _CANARY = "memvee"
@@ -224,6 +227,12 @@ class VectorIndex:
     elsewhere, and dropped by the fill that begins each search once the log's beginning
     says another process forgot the user (who may have written as many messages again
     since).
+
+    The vectors of the current entries a search beside a batch ranked are kept too, by
+    entry id, within the same bytes: which entries are current, and their order, is
+    read every time, so what is ranked is what a read of every vector gives, but only
+    the vectors of entries new since the last batch are read (a backlog's batches read
+    what its batch added, not every entry's vector again).
     """
 
     def __init__(
@@ -252,6 +261,13 @@ class VectorIndex:
         that counted did (see :data:`_STRIKES`)."""
         self._fills: dict[str, list[threading.Event]] = {}
         """Per log, the events of the fills that run, set when the log is forgotten."""
+        self._entry_vectors: OrderedDict[str, dict[str, dict[str, bytes]]] = OrderedDict()
+        """Per log, per knowledge version, the vector bytes of the current entries the last
+        search beside a batch ranked, by entry id (an id is a UUID4 and its vector never
+        changes): the next search reads only the vectors of entries new to it."""
+        self._forgotten = 0
+        """How many times :meth:`forget` was called: a read of entry vectors that one
+        overlapped keeps nothing (it may have read an erased log's)."""
         v, k, m, u = tables.vectors, tables.knowledge, tables.messages, tables.users
         # What every search runs, built once (building a statement costs more than
         # running it on a user's rows).
@@ -298,7 +314,20 @@ class VectorIndex:
         self._messages_by_id = select(v.c.item_id, v.c.vector, v.c.log_id, v.c.kind).where(
             v.c.item_id.in_(bindparam("ids", expanding=True)), v.c.model == model
         )
+        self._entries_by_id = self._messages_by_id  # owner and kind checked on each row
         self._entries_now = version_entries.where(k.c.valid_until.is_(None))
+        # The current entries of a version that have a vector of the model, without the
+        # vectors: by the knowledge listing index, each checked in the vectors' key
+        # index alone (the vector bytes are read by id, only for the entries not kept).
+        has_vector = (
+            select(v.c.item_id).where(v.c.item_id == k.c.entry_id, v.c.model == model).exists()
+        )
+        self._current_keys = select(k.c.entry_id, k.c.valid_from, k.c.version, k.c.ordinal).where(
+            k.c.log_id == mine,
+            k.c.knowledge_version == bindparam("version"),
+            k.c.valid_until.is_(None),
+            has_vector,
+        )
         at = bindparam("at", type_=k.c.valid_from.type)
         self._entries_then = version_entries.where(
             k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)
@@ -499,14 +528,75 @@ class VectorIndex:
         queries: Sequence[Sequence[float]],
         limit: int,
         version: str = LIVE_KNOWLEDGE,
+        forgotten: int | None = None,
     ) -> list[list[str]]:
         """For each of ``queries``, the ids of the ``limit`` current entries of knowledge
-        ``version`` nearest it, the nearest first: the user's vectors are read once for
-        them all."""
+        ``version`` nearest it, the nearest first: the user's vectors are gathered once
+        for them all, those read for the last batch kept (see :meth:`_current_entry_rows`).
+
+        ``forgotten`` is :attr:`forgotten` as read before ``connection`` first read: a
+        :meth:`forget` since then may have erased what it reads, which is then not kept."""
         log_id = str(user_log_id(user_id))
-        found = connection.execute(self._entries_now, {"log_id": log_id, "version": version})
-        vectors = _Vectors.of(self._of_its_length(connection, log_id, _newest_first(found.all())))
+        rows = self._current_entry_rows(
+            connection, log_id, version, self.forgotten if forgotten is None else forgotten
+        )
+        vectors = _Vectors.of(_newest_first(rows))
         return [[item for item, _ in vectors.nearest(query, limit)] for query in queries]
+
+    @property
+    def forgotten(self) -> int:
+        """How many times :meth:`forget` was called on this index."""
+        return self._forgotten
+
+    def _current_entry_rows(
+        self, connection: Connection, log_id: str, version: str, forgotten: int
+    ) -> list[tuple[Any, ...]]:
+        """The rows (id, vector bytes, valid from, version, ordinal) of the log's current
+        entries of knowledge ``version`` that have a vector of the embedder's length: the
+        very rows a read of them all gives. Which entries and their order are read each
+        time; the vector bytes only of the entries the last such read did not give (see
+        :attr:`_entry_vectors`), so a backlog's batches do not read and decode every
+        entry's vector again."""
+        keys = connection.execute(self._current_keys, {"log_id": log_id, "version": version}).all()
+        with self._lock:
+            kept = dict(self._entry_vectors.get(log_id, {}).get(version, {}))
+        unread = [row[0] for row in keys if row[0] not in kept]
+        for start in range(0, len(unread), _READ_BY_ID):
+            found = connection.execute(
+                self._entries_by_id, {"ids": unread[start : start + _READ_BY_ID]}
+            )
+            mine = [(i, b) for i, b, owner, kind in found if owner == log_id and kind == "entry"]
+            kept.update(self._of_its_length(connection, log_id, mine))
+        rows = [(row[0], kept[row[0]], *row[1:]) for row in keys if row[0] in kept]
+        self._keep_entry_vectors(log_id, version, {row[0]: row[1] for row in rows}, forgotten)
+        return rows
+
+    def _keep_entry_vectors(
+        self, log_id: str, version: str, vectors: dict[str, bytes], forgotten: int
+    ) -> None:
+        """Keep ``vectors`` as the log's current entries' of ``version`` (those ended since
+        the last read are let go), unless a :meth:`forget` came since ``forgotten`` was
+        read; the logs searched longest ago are dropped past ``cache_bytes``."""
+        with self._lock:
+            if self._forgotten != forgotten:
+                return
+            self._entry_vectors.setdefault(log_id, {})[version] = vectors
+            self._entry_vectors.move_to_end(log_id)
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the message and entry vectors of the logs used longest ago, the message
+        vectors first, until both fit in ``cache_bytes`` (under the lock); the last log
+        used keeps its own, whatever their size."""
+        total = sum(c.nbytes for c in self._cache.values()) + sum(
+            _entry_bytes(kept) for kept in self._entry_vectors.values()
+        )
+        while total > self.cache_bytes and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            total -= dropped.nbytes
+        while total > self.cache_bytes and len(self._entry_vectors) > 1:
+            _, gone = self._entry_vectors.popitem(last=False)
+            total -= _entry_bytes(gone)
 
     def messages(
         self,
@@ -544,6 +634,7 @@ class VectorIndex:
         to the embedder any more."""
         log_id = str(user_log_id(user_id))
         with self._lock:
+            self._forgotten += 1
             self._drop(log_id)
             for erased in self._fills.get(log_id, ()):
                 erased.set()
@@ -564,6 +655,7 @@ class VectorIndex:
         """Forget the log's cached vectors, covered version and refused texts (under the
         lock)."""
         self._cache.pop(log_id, None)
+        self._entry_vectors.pop(log_id, None)
         self._filled.pop(log_id, None)
         self._refused.pop(log_id, None)
         self._strikes.pop(log_id, None)
@@ -747,10 +839,7 @@ class VectorIndex:
                 return loaded
             self._cache[log_id] = loaded
             self._cache.move_to_end(log_id)
-            total = sum(c.nbytes for c in self._cache.values())
-            while total > self.cache_bytes and len(self._cache) > 1:
-                _, dropped = self._cache.popitem(last=False)
-                total -= dropped.nbytes
+            self._evict()
         return loaded
 
     def _insert_kept(self, connection: Connection, log_id: str, values: list[Any]) -> None:
@@ -940,6 +1029,11 @@ def _rejects_text(error: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _entry_bytes(kept: dict[str, dict[str, bytes]]) -> int:
+    """The memory the vectors of one log's entries take (ids aside)."""
+    return sum(len(vector) for vectors in kept.values() for vector in vectors.values())
 
 
 def _newest_first(rows: Sequence[Any]) -> list[Any]:

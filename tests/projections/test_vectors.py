@@ -17,10 +17,19 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, delete, event, insert, select, update
 
-from events import EventStore, MemveeError, user_log_id
+from events import BatchMessage, EventStore, ExtractedFact, MemveeError, UserLog, user_log_id
 from events.errors import RejectedTextError
-from projections import ProjectionReader, ProjectionTables, rebuild_user
+from events.store import sqlite_url
+from events.user_log import LIVE_KNOWLEDGE
+from projections import (
+    LexicalRanker,
+    ProjectionReader,
+    ProjectionTables,
+    Projector,
+    rebuild_user,
+)
 from projections import vectors as vectors_module
+from projections.shown import Near, shown_beside
 from projections.vectors import VectorIndex
 from tests.support.embedders import ConceptEmbedder
 from tests.support.stores import store_of_messages, write_afresh
@@ -583,3 +592,194 @@ def test_an_embedders_failure_never_shows_a_key_it_or_its_client_or_the_environm
     shown = "".join(traceback.format_exception(raised.value))
     assert "401 Unauthorized" in shown
     assert _KEY[:12] not in shown and _KEY[-12:] not in shown
+
+
+def _entries_said(store: EventStore, user_id: str, facts: list[str | ExtractedFact]) -> UserLog:
+    """``user_id`` says ``facts`` (a text, extracted as said; or the fact given, which may
+    change an entry) fifty at a time, each fifty extracted in one batch, in their order
+    (the last the newest); the log, to say more."""
+    log = UserLog.register(user_id)
+    _say(store, log, facts)
+    return log
+
+
+def _say(store: EventStore, log: UserLog, facts: list[str | ExtractedFact]) -> None:
+    """:func:`_entries_said` of the log ``log``, stored and projected."""
+    said = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=log.version or 0)
+    for start in range(0, len(facts), 50):
+        chunk = facts[start : start + 50]
+        texts = [fact if isinstance(fact, str) else fact.text for fact in chunk]
+        batch = [
+            BatchMessage(log.add_message("user", t, said, 1000), "user", t, said) for t in texts
+        ]
+        task = f"{log.user_id}-t{log.version}"
+        assert log.request_processing(task, "manual")
+        log.start_next()
+        extracted = [
+            ExtractedFact(fact, (m.message_id,))
+            if isinstance(fact, str)
+            else ExtractedFact(
+                fact.text, (m.message_id,), fact.action, target_entry_id=fact.target_entry_id
+            )
+            for fact, m in zip(chunk, batch, strict=True)
+        ]
+        log.record_knowledge(task, extracted, "x", batch=batch)
+    store.append([list(log.collect_events())], Projector(ProjectionTables()).apply)
+
+
+def _store(db_url: str) -> EventStore:
+    store = EventStore(db_url)
+    with store.transaction() as connection:
+        Projector(ProjectionTables()).create(connection)
+    return store
+
+
+def _current(store: EventStore, user_id: str) -> dict[str, str]:
+    """The text of each of the user's current live entries, by id."""
+    with store.reading() as connection:
+        return {
+            e.entry_id: e.text
+            for e in ProjectionReader(ProjectionTables()).knowledge(connection, user_id)
+        }
+
+
+def _vector_reads(index: VectorIndex, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many entry vectors each read of the database gave ``index`` (every vector read
+    passes the check of its length), appended as they come."""
+    reads: list[int] = []
+    checked = index._of_its_length
+
+    def counting(connection: Connection, log_id: str, rows: Sequence[Any]) -> Any:
+        reads.append(len(rows))
+        return checked(connection, log_id, rows)
+
+    monkeypatch.setattr(index, "_of_its_length", counting)
+    return reads
+
+
+def test_a_batch_reads_the_vectors_of_the_entries_new_since_the_last_not_every_one_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every current entry's vector was read and decoded beside each batch, so that a
+    backlog's batches cost more as its entries grew (a 10,000-message flush: 2 ms of a
+    batch at its start, 0.3-0.7 s at its end, 5,000 entries): the next batch reads only
+    the vectors of the entries added since, and ranks as a read of them all does."""
+    store = _store(db_url)
+    embedder = ConceptEmbedder()
+    log = _entries_said(store, "ann", [f"User noted groceries, list {i}." for i in range(300)])
+    index = VectorIndex(ProjectionTables(), embedder.name)
+    index.fill(store.engine, "ann", embedder.embed, messages=False)
+    reads = _vector_reads(index, monkeypatch)
+    query = embedder.embed(["my job"])[0]
+    with store.reading() as connection:
+        index.entries_near_each(connection, "ann", [query], 5)
+    assert sum(reads) == 300
+    _say(store, log, ["User works as a nurse.", "User has a dog."])
+    index.fill(store.engine, "ann", embedder.embed, messages=False)
+    reads.clear()
+    with store.reading() as connection:
+        (near,) = index.entries_near_each(connection, "ann", [query], 5)
+        fresh = VectorIndex(ProjectionTables(), embedder.name)
+        assert [near] == fresh.entries_near_each(connection, "ann", [query], 5)
+    assert sum(reads) == 2, "the two new entries' vectors only"
+    assert _current(store, "ann")[near[0]] == "User works as a nurse."
+    store.close()
+
+
+def test_an_old_fact_said_again_in_other_words_is_shown_beside_a_batch_past_thousands_of_newer(
+    db_url: str,
+) -> None:
+    """6ecf492 ranked only the newest 2,048 entries by meaning: past them "I'm a nurse."
+    was no longer shown "User is a doctor.", which it changes, so both stayed current. The
+    oldest entry is still shown, for a first batch and for the next, from kept vectors."""
+    store = _store(db_url)
+    embedder = ConceptEmbedder()
+    filler = [f"User noted groceries, list {i}." for i in range(2_100)]
+    log = _entries_said(store, "ann", ["User is a doctor.", *filler])
+    tables = ProjectionTables()
+    index = VectorIndex(tables, embedder.name)
+    ranker, reader = LexicalRanker(tables), ProjectionReader(tables)
+    for batch in (["I'm a nurse."], ["Still a nurse, honestly."]):
+        index.fill(store.engine, "ann", embedder.embed, messages=False)
+        near = Near(index, "ann", embedder.embed(batch), LIVE_KNOWLEDGE)
+        with store.engine.connect() as connection:
+            known, _ = shown_beside(
+                connection,
+                ranker,
+                reader,
+                "ann",
+                batch,
+                current=len(_current(store, "ann")),
+                max_batch_tokens=20_000,
+                near=near,
+            )
+        assert "User is a doctor." in [k.text for k in known], batch
+        _say(store, log, [f"User noted chores, list {i}." for i in range(3)])
+    store.close()
+
+
+def test_entries_ended_added_or_promoted_between_two_batches_are_ranked_as_stored(
+    db_url: str,
+) -> None:
+    """The kept vectors never stand for what the tables no longer hold: an entry a later
+    batch replaced is not ranked, its successor is, and a promoted knowledge version's
+    entries are ranked as the live ones the next batch sees (their count alone may not
+    change), as by an index that reads every vector afresh."""
+    store = _store(db_url)
+    embedder = ConceptEmbedder()
+    log = _entries_said(
+        store, "ann", ["User works as a doctor.", *[f"User noted list {i}." for i in range(120)]]
+    )
+    index = VectorIndex(ProjectionTables(), embedder.name)
+    query = embedder.embed(["what is my job"])[0]
+
+    def nearest() -> list[str]:
+        index.fill(store.engine, "ann", embedder.embed, messages=False)
+        with store.reading() as connection:
+            (found,) = index.entries_near_each(connection, "ann", [query], 3)
+            fresh = VectorIndex(ProjectionTables(), embedder.name)
+            assert [found] == fresh.entries_near_each(connection, "ann", [query], 3)
+        texts = _current(store, "ann")
+        return [texts[item] for item in found]
+
+    assert nearest()[0] == "User works as a doctor."
+    doctor = next(i for i, t in _current(store, "ann").items() if t == "User works as a doctor.")
+    _say(store, log, [ExtractedFact("User works as a nurse.", (), "update", doctor)])
+    assert nearest()[0] == "User works as a nurse."
+    assert "User works as a doctor." not in nearest()
+    projector = Projector(ProjectionTables())
+    first = log.add_message("user", "I am a vet now.", None, 1000)
+    said = [BatchMessage(first, "user", "I am a vet now.", datetime.now(UTC))]
+    vet = ExtractedFact("User works as a vet.", (first,))
+    log.record_reextraction("v2", [first], [vet], "x", batch=said)
+    store.append([list(log.collect_events())], projector.apply)
+    log.promote("v2", store.events_of("ann"))
+    store.append([list(log.collect_events())], projector.apply)
+    assert nearest()[0] == "User works as a vet."
+    assert set(_current(store, "ann").values()) == {"User works as a vet."}
+    store.close()
+
+
+def test_a_read_of_entry_vectors_overlapping_a_forget_keeps_none_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search beside a batch whose read overlapped an erasure (its connection opened
+    before :meth:`VectorIndex.forget`) ranks by what it read but keeps none of it: the
+    next search reads every vector of the user again; one that did not overlap keeps them."""
+    store = _store(sqlite_url(tmp_path / "log.db"))
+    embedder = ConceptEmbedder()
+    _entries_said(store, "ann", [f"User noted list {i}." for i in range(120)])
+    index = VectorIndex(ProjectionTables(), embedder.name)
+    index.fill(store.engine, "ann", embedder.embed, messages=False)
+    query = embedder.embed(["list"])[0]
+    reads = _vector_reads(index, monkeypatch)
+    before = index.forgotten
+    index.forget("ann")
+    with store.reading() as connection:
+        assert index.entries_near_each(connection, "ann", [query], 3, forgotten=before)[0]
+    with store.reading() as connection:
+        index.entries_near_each(connection, "ann", [query], 3)
+    with store.reading() as connection:
+        index.entries_near_each(connection, "ann", [query], 3)
+    assert reads == [120, 120], "read whole after the overlapping read, then kept"
+    store.close()
