@@ -937,7 +937,10 @@ class _Vectors:
         loaded rows are newest first), whichever of them the limit cuts."""
         if not self.ids or limit <= 0 or self.matrix.shape[1] != len(query):
             return []  # vectors of another model: none is near, till they are made again
-        scores = self.matrix @ np.asarray(query, dtype=np.float32)
+        # einsum's own loop, not BLAS: OpenBLAS's gemv hands a few thousand rows to its
+        # threads, which then contend with the embedder's for the cores (20 ms against
+        # 0.4 ms at 5,000 rows on a busy two-core machine).
+        scores = np.einsum("ij,j->i", self.matrix, np.asarray(query, dtype=np.float32))
         if limit < len(self.ids):
             # Every row within COSINE_TIE of the limit's score: the leader of its group is
             # at or above it, so the whole group is among them (ties with it included);
