@@ -3,7 +3,8 @@ API key refused, every request refused) before the others, so a key still bad co
 run an open, and a key fixed since leaves no user's messages waiting for the threshold.
 
 :class:`KeyProbe` stands between the engine's actors and the Memory's observer: it tells
-the observer everything as it is, and hears the end of the probe's task.
+the observer everything as it is, and hears the end of every task: the first that covers
+messages retries the users still owed one.
 """
 
 from __future__ import annotations
@@ -16,20 +17,33 @@ from actors._context import TaskObserver
 
 class KeyProbe:
     """A :class:`TaskObserver` that forwards every move to ``observer`` and sets
-    ``key_works`` once a task covers messages (the API accepted the key), calling the
-    callback :meth:`watch` was given for that task if it is the probe."""
+    ``key_works`` once a task covers messages (the API accepted the key); the users whose
+    refused runs are owed a retry (:meth:`owe`) are retried then, whichever run of the
+    engine showed it: the probe's own, its retry after a failure that passed, a stored
+    request run under another id, another user's."""
 
     def __init__(self, observer: TaskObserver, key_works: threading.Event) -> None:
         self._observer = observer
         self._key_works = key_works
         self._lock = threading.Lock()
-        self._watched: dict[str, Callable[[], None]] = {}
+        self._owed: dict[str, None] = {}
+        self._retry: Callable[[list[str]], None] | None = None
 
-    def watch(self, task_id: str, on_accepted: Callable[[], None]) -> None:
-        """Call ``on_accepted`` (on the thread that tells the end) if task ``task_id``
-        completes covering messages; a task that fails is forgotten."""
+    @property
+    def owed(self) -> frozenset[str]:
+        """The users still waiting for a run that shows the key works."""
         with self._lock:
-            self._watched[task_id] = on_accepted
+            return frozenset(self._owed)
+
+    def owe(self, users: list[str], retry: Callable[[list[str]], None]) -> None:
+        """Have ``retry`` called with ``users`` (on the thread that tells a task's end) once
+        a task covers messages; at once if one did since the engine last saw the key
+        refused."""
+        with self._lock:
+            self._owed.update(dict.fromkeys(users))
+            self._retry = retry
+        if self._key_works.is_set():
+            self._retry_owed()
 
     def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, stored: bool) -> None:
         self._observer.task_scheduled(user_id, task_id, trigger, stored=stored)
@@ -52,11 +66,19 @@ class KeyProbe:
         accepted = status == "COMPLETED" and bool(covered or knowledge_count)
         if accepted:
             self._key_works.set()
-        with self._lock:
-            on_accepted = self._watched.pop(task_id, None)
         self._observer.task_finished(user_id, task_id, status, knowledge_count, error, covered)
-        if on_accepted is not None and accepted:
-            on_accepted()
+        if accepted:
+            self._retry_owed()
+
+    def _retry_owed(self) -> None:
+        """Hand the users owed a retry to the engine's callback, each once."""
+        with self._lock:
+            users, self._owed = list(self._owed), {}
+            retry = self._retry
+        if users and retry is not None:
+            retry(users)
 
     def user_forgotten(self, user_id: str, erasure: object) -> None:
+        with self._lock:
+            self._owed.pop(user_id, None)
         self._observer.user_forgotten(user_id, erasure)

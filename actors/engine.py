@@ -591,28 +591,34 @@ class Engine:
         return [(user, r.closed) for user, r in recovered]
 
     def _probe_the_key(self, held: dict[str, int], threshold: int | None) -> None:
-        """Retry the one user of ``held`` (users whose last run was refused, with how many
-        messages wait) with the most waiting, as a probe of the key; once its run covers
-        messages, the key works again and the others are retried too. A key still refused
+        """Retry one user of ``held`` (users whose last run was refused, with how many
+        messages wait), the one with the most waiting, as a probe of the key, and the others
+        once any run of this engine covers messages (:class:`KeyProbe`): a key still refused
         costs that one run, not one per user, and a key fixed since the runs were refused
-        leaves no user's messages waiting for the threshold."""
-        probe = max(held, key=held.__getitem__)
-        rest = [user for user in held if user != probe]
-        task_id = str(uuid4())
-        self.key_probe.watch(task_id, lambda: self._retry_after_probe(rest, threshold))
-        self.directory.call(probe, "recover", threshold, True, task_id).get()
-        log.info("user %r: retried first, to see whether the refused key works now", probe)
+        leaves no user's messages waiting for the threshold, even when the probe's run fails
+        in a way that passes, or runs under another id. A user whose recovery queues no run
+        (none is owed any more, its lease lost) hands the probe to the next."""
+        ranked = sorted(held, key=held.__getitem__, reverse=True)
+        self.key_probe.owe(ranked, self._retry_after_probe(threshold))
+        for probe in ranked:
+            if self.directory.call(probe, "recover", threshold, True, str(uuid4())).get().queued:
+                log.info("user %r: retried first, to see whether the refused key works now", probe)
+                return
 
-    def _retry_after_probe(self, users: list[str], threshold: int | None) -> None:
-        """The probe of the key was accepted (told on the probe's actor): retry ``users``,
-        whose last run was refused, on a thread of their own."""
-        if users and not self._stopping.is_set():
-            threading.Thread(
-                target=self._retry_refused,
-                args=(users, threshold),
-                name="memvee-key-probe",
-                daemon=True,
-            ).start()
+    def _retry_after_probe(self, threshold: int | None) -> Callable[[list[str]], None]:
+        """What retries the users owed a run once a run showed the key works (told on that
+        run's actor): a thread of their own recovers them."""
+
+        def retry(users: list[str]) -> None:
+            if not self._stopping.is_set():
+                threading.Thread(
+                    target=self._retry_refused,
+                    args=(users, threshold),
+                    name="memvee-key-probe",
+                    daemon=True,
+                ).start()
+
+        return retry
 
     def _retry_refused(self, users: list[str], threshold: int | None) -> None:
         """Recover ``users`` again now that the key works (their refused runs are owed)."""

@@ -126,10 +126,12 @@ Started = tuple[str, str, list[str]]
 class Recovered(NamedTuple):
     """What a user's recovery did: the ids of the tasks it ``closed``, and how many
     messages it ``held`` back, waiting, after a refused run (a key refused, every request
-    refused) that no task of the engine showed passed since (0 when it held none)."""
+    refused) that no task of the engine showed passed since (0 when it held none), and
+    whether a run of the user is now ``queued`` (requested by it, or stored before)."""
 
     closed: list[str]
     held: int
+    queued: bool = False
 
 
 class UserActor(PooledActor):
@@ -454,10 +456,10 @@ class UserActor(PooledActor):
         task_id = probe or str(uuid4())
         retry_refused = probe is not None or self._services.key_works.is_set()
 
-        def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool, int]:
+        def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool, int, bool]:
             # One transaction: nobody sees the crash closed but the recovery not requested.
             if user_log is None:
-                return [], False, 0
+                return [], False, 0, False
             failed = retry_failed or user_log.failed_last
             owed = failed and (retry_refused or not user_log.refused_last)
             stale = [t for t in user_log.started_tasks if t != self._running]
@@ -469,9 +471,10 @@ class UserActor(PooledActor):
                 and user_log.request_processing(task_id, "recovery")
             )
             held = failed and auto_threshold is not None and not owed and not requested
-            return closed, requested, len(user_log.pending) if held else 0
+            queued = requested or bool(user_log.requested)
+            return closed, requested, len(user_log.pending) if held else 0, queued
 
-        closed, requested, held = self._decide(close_and_request)
+        closed, requested, held, queued = self._decide(close_and_request)
         for closed_id in closed:
             log.warning("user %r: task %s %s", self.user_id, closed_id, INTERRUPTED_BY_CRASH)
             self._services.observer.task_finished(
@@ -481,7 +484,7 @@ class UserActor(PooledActor):
         if requested:
             self._requested_here(task_id)
             self._services.observer.task_scheduled(self.user_id, task_id, "recovery", stored=True)
-        return Recovered(closed, held)
+        return Recovered(closed, held, queued)
 
     def refresh(self, version: int, began: datetime) -> None:
         """The stored log, begun at ``began``, reached ``version`` elsewhere: reload it and

@@ -816,7 +816,7 @@ async def test_a_reopen_with_the_key_still_refused_spends_one_run_not_one_per_us
     messages buffered, fewer than the threshold. Reopened, with the key still refused,
     the background retries one user, the probe of the key, and no other: waiting does not
     make that failure pass, and each reopen used to spend two requests per user on it. The
-    user's next run still tries."""
+    others wait for a run showing the key works: a user's next run, once it is fixed."""
     users = [f"u{n}" for n in range(5)]
     db = tmp_path / "refused-key.db"
     with MessagesAPIServer() as server:
@@ -826,13 +826,34 @@ async def test_a_reopen_with_the_key_still_refused_spends_one_run_not_one_per_us
             for user in users:
                 with contextlib.suppress(ProcessingError):
                     await memory.wait_for_processing(user, timeout=10)
-            await asyncio.sleep(0.5)  # a retry of the others would have begun by now
+            await _until(lambda: len(memory._engine.key_probe.owed) == len(users))
             assert 0 < len(server.requests) - sent <= per_run, "one probe of the key"
             assert all([await memory.buffer(user) for user in users])
             probed = len(server.requests)
             with pytest.raises(ProcessingError):
                 await memory.process("u0")
             assert len(server.requests) > probed
+            server.set_responder(default_answer)
+            await memory.process("u0")
+            await _until_extracted(memory, users)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Return once ``condition`` holds; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
+async def _until_extracted(memory: Memory, users: list[str], timeout: float = 30) -> None:
+    """Return once no message of ``users`` waits, each run ended; fail after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while any([await memory.buffer(user) for user in users]):
+        assert asyncio.get_running_loop().time() < deadline, "messages left waiting"
+        await asyncio.sleep(0.05)
+    for user in users:
+        await memory.wait_for_processing(user, timeout=timeout)
 
 
 async def test_users_whose_runs_a_key_refused_are_retried_at_the_reopen_after_it_is_fixed(
@@ -855,6 +876,63 @@ async def test_users_whose_runs_a_key_refused_are_retried_at_the_reopen_after_it
             for user in users:
                 await memory.wait_for_processing(user, timeout=30)
                 assert len(checked_coverage(memory, user).covered) == 2
+
+
+async def test_users_refused_are_retried_once_the_probes_run_passes_after_failing_on_an_overload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key fixed, the API overloaded at the reopen (529 to the probe's request and to
+    the harmless one judging it): the background retries the probe's user under a new
+    task, accepted, and the others are then retried too, with no new message; they used
+    to wait for the threshold, the probe's own task having failed."""
+    users = [f"u{n}" for n in range(5)]
+    db = tmp_path / "overloaded-at-reopen.db"
+    with MessagesAPIServer() as server:
+        await _runs_refused_for_the_key(server, monkeypatch, db, users)
+        overloads = [ScriptedResponse(529, error_body("overloaded_error", "Overloaded"))] * 2
+
+        def overloaded_first(request: RecordedRequest) -> ScriptedResponse:
+            return overloads.pop() if overloads else default_answer(request)
+
+        server.set_responder(overloaded_first)
+        settings = {**_REFUSED_SETTINGS, "retry_delay": 0.05, "retry_delay_max": 0.1}
+        async with _memory_over(server, monkeypatch, db, **settings) as memory:
+            await _until_extracted(memory, users)
+            for user in users:
+                assert len(checked_coverage(memory, user).covered) == 2
+
+
+async def test_users_refused_are_retried_once_a_request_a_crash_left_runs_for_the_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four users' runs refused on the key, two messages each waiting; "big" passed the
+    threshold while backing off, so its automatic request was stored, and the process died
+    with it waiting. The key fixed, a reopen probes "big" (the most waiting): its stored
+    request runs, accepted, and the others are retried; the probe's own request, never
+    recorded beside the stored one, used to be the only run they waited for."""
+    from actors.user_actor import UserActor
+
+    users = [f"u{n}" for n in range(4)]
+    db = tmp_path / "crashed-with-a-request.db"
+    with MessagesAPIServer() as server:
+        server.set_responder(lambda _: _REFUSED_KEY)
+        with monkeypatch.context() as crash:  # no shutdown ends the stored request
+            crash.setattr(UserActor, "shutdown", lambda actor, reason: None)
+            async with _memory_over(
+                server, monkeypatch, db, retry_delay=30, **_REFUSED_SETTINGS
+            ) as memory:
+                for user in [*users, "big"]:
+                    await memory.add_exchange(user, f"{user} lives in Oslo.", "Nice.")
+                    with pytest.raises(ProcessingError):
+                        await memory.process(user)
+                for i in range(5):
+                    await memory.add_exchange("big", f"I keep fact {i} in mind.", "ok")
+                async with asyncio.timeout(10):
+                    while not [t for t in await memory.tasks("big") if t.trigger == "auto"]:
+                        await asyncio.sleep(0.02)
+        server.set_responder(default_answer)
+        async with _memory_over(server, monkeypatch, db, **_REFUSED_SETTINGS) as memory:
+            await _until_extracted(memory, [*users, "big"])
 
 
 async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once(
