@@ -21,7 +21,11 @@ out at the configured size again, one refusal and its split learning it anew."""
 
 
 class LearnedRequestSize:
-    """The most prompt tokens of messages a batch may weigh, as 413s taught (thread-safe)."""
+    """The most prompt tokens a batch's request may weigh, its messages and the known
+    entries shown beside them, as 413s taught (thread-safe). Each user's batches take
+    their messages within it less the entries that user's last batch was shown: one
+    user's many entries do not shrink another's batches. (The fixed prompt, the same in
+    every request, is left out of both sides.)"""
 
     def __init__(
         self, retest_after: float = RETEST_SECONDS, clock: Callable[[], float] = time.monotonic
@@ -32,20 +36,30 @@ class LearnedRequestSize:
         self._most: int | None = None
         self._until = 0.0
 
-    def too_large(self, tokens: int) -> None:
-        """A batch weighing ``tokens`` was refused as too large: batches from now on weigh
-        at most half of it (the split's size), or less if a smaller one was refused."""
+    def too_large(self, messages: int, shown: int = 0) -> None:
+        """A request was refused as too large, its messages weighing ``messages`` tokens
+        and the entries shown beside them ``shown``: requests from now on weigh at most
+        what its split sends (the entries and half the messages), or less if a smaller one
+        was refused. Messages weighing nothing teach nothing: their size was not measured,
+        and learning from it would cut every batch to one message."""
+        if messages <= 0:
+            return
         with self._lock:
             now = self._clock()
             most = self._most if self._most is not None and now < self._until else None
-            half = max(1, tokens // 2)
-            self._most = half if most is None else min(most, half)
+            split = max(1, shown + messages // 2)
+            self._most = split if most is None else min(most, split)
             self._until = now + self._retest_after
 
-    def within(self, limits: BatchLimits) -> BatchLimits:
-        """``limits`` with ``max_tokens`` lowered to the size learned, while it holds."""
+    def within(self, limits: BatchLimits, shown: int = 0) -> BatchLimits:
+        """``limits`` with ``max_tokens`` lowered, while a learned size holds, to what that
+        size leaves the messages of a batch shown entries weighing ``shown`` tokens (at
+        least 1: a batch always takes one message)."""
         with self._lock:
             most = self._most if self._clock() < self._until else None
-        if most is None or most >= limits.max_tokens:
+        if most is None:
             return limits
-        return dataclasses.replace(limits, max_tokens=most)
+        left = max(1, most - shown)
+        if left >= limits.max_tokens:
+            return limits
+        return dataclasses.replace(limits, max_tokens=left)

@@ -57,6 +57,7 @@ from events import (
     StoredSnapshot,
     TokenUsage,
     UserLog,
+    estimate_tokens,
     user_log_id,
 )
 from events.credentials import log_failure, redact
@@ -159,6 +160,7 @@ class UserActor(PooledActor):
         "_self_proxy",
         "_services",
         "_shown_round",
+        "_shown_tokens",
         "_shut_down",
         "_snapshot_spacing",
         "_snapshot_version",
@@ -187,6 +189,7 @@ class UserActor(PooledActor):
         self._running: str | None = None
         self._batch_messages: tuple[BatchMessage, ...] = ()
         self._batch_known = _NONE_KNOWN  # the live entries the batch was shown
+        self._shown_tokens = 0  # what the entries shown beside the last batch weighed
         self._batch_replaced: tuple[ReplacedEntry, ...] = ()  # the ended ones before those
         self._batch_reruns = 0
         self._shown_round = 0  # batches whose shown entries went to be prepared aside
@@ -322,8 +325,11 @@ class UserActor(PooledActor):
 
     def _limits(self) -> BatchLimits:
         """The batch limits a batch of this user is planned by: the configured ones, their
-        tokens lowered while the API's body limit is learned to take fewer (HTTP 413)."""
-        return self._services.request_size.within(self._services.settings.limits)
+        tokens lowered while the API's body limit is learned to take fewer (HTTP 413), less
+        what the entries shown beside this user's last batch weighed."""
+        return self._services.request_size.within(
+            self._services.settings.limits, self._shown_tokens
+        )
 
     def _log_quarantined(self, quarantined: list[str], error: str) -> None:
         """Warn of each message quarantined after failing alone ``max_attempts`` times."""
@@ -830,9 +836,8 @@ class UserActor(PooledActor):
         if refused:
             self._services.key_works.clear()
         if isinstance(error, RejectedBatchError) and error.too_large and len(claimed) > 1:
-            weights = {} if self._log is None else self._log.weights
-            tokens = sum(weights.get(m.message_id, 0) for m in claimed)
-            self._services.request_size.too_large(tokens)
+            sent = sum(estimate_tokens(m.content) for m in claimed)
+            self._services.request_size.too_large(sent, self._shown_tokens)
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor
@@ -990,6 +995,7 @@ class UserActor(PooledActor):
         it, kept for deciding on its answer."""
         self._batch_messages = messages
         self._batch_known, self._batch_replaced = shown
+        self._shown_tokens = sum(estimate_tokens(entry.text) for entry in shown[0])
         batch = ExtractionBatch(self.user_id, task_id, messages, shown[0])
         self._services.workers.submit(batch, self._deliver_to_self(task_id))
 

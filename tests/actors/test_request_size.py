@@ -46,3 +46,25 @@ def test_a_learned_size_above_the_configured_one_leaves_the_limits_as_they_are()
     learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=1_000)
     learned.too_large(50_000)
     assert learned.within(limits) is limits
+
+
+def test_messages_that_weigh_nothing_refused_as_too_large_teach_no_size() -> None:
+    """Messages buffered before their weights were kept weigh 0: a 413 on them used to
+    teach a size of 1 token, every user's batches single messages for 600 s."""
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
+    learned.too_large(0)
+    assert learned.within(limits) is limits
+    learned.too_large(0, shown=4_000)
+    assert learned.within(limits) is limits
+
+
+def test_the_size_learned_holds_the_entries_shown_and_each_batch_takes_its_own_out() -> None:
+    """A 413 on 2,000 tokens of messages beside 8,000 of entries teaches the split's
+    size, 9,000 tokens of request: a batch shown no entries takes 9,000 of messages, one
+    shown 9,500 of entries a single message; a user's many entries do not shrink another
+    user's batches to their size."""
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
+    learned.too_large(2_000, shown=8_000)
+    assert learned.within(limits).max_tokens == 9_000
+    assert learned.within(limits, shown=3_000).max_tokens == 6_000
+    assert learned.within(limits, shown=9_500).max_tokens == 1

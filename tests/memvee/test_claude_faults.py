@@ -1569,6 +1569,34 @@ def _nothing_learned(request: RecordedRequest) -> ScriptedResponse:
     return ScriptedResponse(body=tool_use_body([], model="claude-standin", input_tokens=1))
 
 
+async def test_a_413_caused_by_one_users_many_entries_leaves_another_users_batches_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ann's 100 entries, shown beside her next 40 messages, make a request over the body
+    limit (413); Bob, with few entries, still sends his 200 messages in four batches of
+    50, each under the limit. The size learned from Ann's refusal was her messages' alone,
+    halved, and every user's batches were cut to it: 11 requests of 19 for Bob."""
+    fill = " and I really enjoyed the long walk by the sea with my old friends from school"
+    with MessagesAPIServer(default_answer) as server:
+        db = tmp_path / "entries.db"
+        async with _memory_over(server, monkeypatch, db, extraction_timeout=30) as memory:
+            for i in range(100):
+                await memory.add_exchange("ann", f"Fact {i}: I went to place {i}{fill}", "ok")
+            await memory.process("ann")
+            server.max_request_bytes = 27_000
+            for i in range(20):
+                await memory.add_exchange("ann", f"News {i}: I saw film {i}{fill}", "ok")
+            await memory.process("ann")
+            sizes = [len(json.dumps(r.body, separators=(",", ":"))) for r in server.requests]
+            assert max(sizes) > 27_000, "Ann's entries took her request over the limit"
+            bobs_first = len(server.requests)
+            for i in range(100):
+                await memory.add_exchange("bob", f"Day {i}: I went to town {i}{fill}", "ok")
+            await memory.process("bob")
+            assert await memory.buffer("bob") == [] and await memory.buffer("ann") == []
+    assert [len(r.messages) for r in server.requests[bobs_first:]] == [50, 50, 50, 50]
+
+
 async def test_batches_after_a_request_too_large_start_within_the_size_that_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
