@@ -222,10 +222,13 @@ class ExtractionWorkers:
 
     The tokens a batch's calls spent are counted when its outcome is recorded (the answer,
     or the failure carrying what its calls spent: the harmless request, the extractor's
-    probes of a refusal, the try without known entries). Calls answered in a process that
-    dies before that record are not counted: at most those of the batches in flight
-    (``concurrency``), each its call and the few its failure adds. Counting each call as
-    it is answered would cost a write per call; a crash's loss is left bounded instead.
+    probes of a refusal, the try without known entries). Calls whose outcome is never
+    recorded are not counted: in a process that dies before that record, and in a live
+    one when the store refuses both the answer and then the failure, the task ending
+    interrupted (:class:`UserLog.ProcessingInterrupted` carries no usage). At most those of
+    the batches in flight (``concurrency``), each its call and the few its failure adds.
+    Counting each call as it is answered would cost a write per call; the loss is left
+    bounded instead.
     """
 
     def __init__(

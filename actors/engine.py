@@ -562,8 +562,8 @@ class Engine:
         cut by a shutdown) left with the engine that closed, and no later run would cover
         those messages until the user's next message or an explicit run. A failure that
         waiting does not make pass (a key refused, every request refused) is retried so for
-        one user first, a probe of the key, and for the others once that run is accepted
-        (:meth:`_probe_the_key`): a key still refused costs one run an open.
+        one user first, a probe of the key, and for the others once a run of this engine
+        is accepted (:meth:`_probe_the_key`): a key still refused costs one run an open.
 
         Returns the users recovered with the ids of the tasks closed for each.
         """
