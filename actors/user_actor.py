@@ -1161,6 +1161,8 @@ class UserActor(PooledActor):
             # would never be snapshotted, and every load would replay the whole log.
             self._snapshot_version = loaded.snapshot_version
             self._snapshot_spacing = loaded.snapshot_bytes // SNAPSHOT_EVENT_BYTES
+            if loaded.passed_over and claim and self._owner and self._log is not None:
+                self._snapshot_now(self._log)
             self._checkpointed = self._intervals(0 if self._log is None else self._log.version)
             if self._checkpointed:  # a long log: make sure it has a recent checkpoint
                 self._services.checkpoint_due(self.user_id)
@@ -1349,6 +1351,23 @@ class UserActor(PooledActor):
                 exc_info=True,
             )
             return None
+
+    def _snapshot_now(self, user_log: UserLog) -> None:
+        """As the owner, store a snapshot of ``user_log`` just replayed from its first event
+        (its latest snapshot was passed over): a user loaded again and again with no write
+        between (one held after a refused run, reopen after reopen) would otherwise replay
+        the whole log at each load. A snapshot is the state at its version, whoever stores
+        it; it replaces the one passed over."""
+        try:
+            self._services.store.replace_snapshot(user_log)
+            self._snapshot_version = user_log.version
+        except MemveeError as error:  # a snapshot only speeds up loading: told, not fatal
+            log.warning(
+                "user %r: could not store a snapshot at version %d: %s",
+                self.user_id,
+                user_log.version,
+                first_line(error),
+            )
 
     def _maybe_checkpoint(self) -> None:
         """Ask for a checkpoint of the log's replayed state every ``checkpoint_interval``

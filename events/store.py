@@ -108,11 +108,14 @@ Durability = Literal["full", "normal"]
 
 class LoadedLog(NamedTuple):
     """A user's log as loaded, and the snapshot it was loaded from (version 0 and no bytes
-    when none was)."""
+    when none was); ``passed_over`` when its latest snapshot could not be used (damaged,
+    or older than the state) and the log was replayed from its first event: its owner
+    stores a fresh one, or every load would replay it all again."""
 
     log: UserLog | None
     snapshot_version: int
     snapshot_bytes: int
+    passed_over: bool = False
 
 
 class Recorded(NamedTuple):
@@ -1155,6 +1158,7 @@ class EventStore:
         seen = self._outside_commits  # before reading: what it counts, the load sees
         snapshot, rows = self._snapshot_and_rows(log_id, user_id, snapshots=True)
         aggregate: Any = None
+        passed_over = False
         if snapshot is not None:
             try:
                 aggregate = self._decode(log_id, snapshot).mutate(None)
@@ -1167,12 +1171,12 @@ class EventStore:
                     snapshot[0],
                     first_line(error),
                 )
-                aggregate = None
+                aggregate, passed_over = None, True
                 snapshot, rows = self._snapshot_and_rows(log_id, user_id, snapshots=False)
             else:
                 if not whole:
                     log.debug("the snapshot of %r is older than its state: replaying", user_id)
-                    aggregate = None
+                    aggregate, passed_over = None, True
                     snapshot, rows = self._snapshot_and_rows(log_id, user_id, snapshots=False)
         expected = 1 if snapshot is None else snapshot[0] + 1
         for row in rows:
@@ -1195,7 +1199,7 @@ class EventStore:
         assert isinstance(aggregate, UserLog)
         self._note_origin_current(log_id, seen)
         if snapshot is None:
-            return LoadedLog(aggregate, 0, 0)
+            return LoadedLog(aggregate, 0, 0, passed_over)
         return LoadedLog(aggregate, snapshot[0], len(snapshot[2]))
 
     def _snapshot_and_rows(
@@ -2052,6 +2056,28 @@ class EventStore:
         if snapshot is not None:
             with self.transaction() as connection:
                 self._insert_snapshots(connection, [snapshot])
+
+    def replace_snapshot(self, user_log: UserLog) -> None:
+        """Store a snapshot of ``user_log`` at its (committed) version in place of the
+        log's snapshots at that version and older: one passed over at a load (damaged, or
+        older than the state) may hold that very version, and would otherwise stay.
+
+        Raises :class:`StorageError` when the database refuses it."""
+        snapshot = self.snapshot_of(user_log)
+        if snapshot is None:
+            return
+        try:
+            with self.transaction() as connection:
+                connection.execute(
+                    self._prune_snapshots,
+                    {"b_log": snapshot.originator_id, "b_version": snapshot.originator_version + 1},
+                )
+                self._insert_snapshots(connection, [snapshot])
+        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as error:
+            raise StorageError(
+                f"could not store a snapshot of {user_log.user_id!r} in {self.safe_url}: "
+                f"{first_line(error)}"
+            ) from error
 
     def _refuse_another_file(self) -> None:
         """Raise :class:`StorageError` once the SQLite file this store opened was deleted

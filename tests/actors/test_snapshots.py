@@ -108,3 +108,38 @@ async def test_a_user_who_writes_a_little_between_reloads_is_still_snapshotted(
     loaded = await asyncio.to_thread(engine.store.load_log, "di")
     assert loaded.snapshot_version == 13 and loaded.log is not None
     assert loaded.snapshot_bytes == len(taken[-1].state)
+
+
+async def test_a_log_whose_snapshot_is_older_than_its_state_is_replayed_whole_once_not_every_load(
+    make_memory: Any, extractor: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user's latest snapshot has the form before the log kept how its last run ended:
+    the first load replays the log from its first event and its owner stores a fresh
+    snapshot; the loads after it start from that one. Every load used to replay the whole
+    log until the user's next write (a user held after a refused run: at every open)."""
+    from eventsourcing.domain import Snapshot
+    from eventsourcing.persistence import StoredEvent
+
+    from events.errors import ExtractorAccessRefusedError
+    from memvee import ProcessingError
+
+    extractor.fault = lambda _: ExtractorAccessRefusedError("HTTP 401: invalid x-api-key")
+    settings = {"auto_process": True, "batch_threshold": 10}
+    memory: Memory = await make_memory(config=settings)
+    await memory.add_exchange("ann", "Ann lives in Oslo.", "Nice.")
+    with pytest.raises(ProcessingError):
+        await memory.process("ann")
+    store = memory._engine.store
+    old_form = Snapshot.take(await asyncio.to_thread(store.load, "ann"))
+    for told_by_the_events_only in ("failed_last", "refused_last"):
+        del old_form.state[told_by_the_events_only]
+    stored = StoredEvent(*store._encoder(old_form))
+    await asyncio.to_thread(store.append, [], None, [stored])
+    await memory.close()
+    caplog.set_level(logging.DEBUG, logger="memvee.events")
+    for _ in range(3):
+        reopened: Memory = await make_memory(config=settings)
+        assert len(await reopened.buffer("ann")) == 2
+        await reopened.close()
+    replays = [r for r in caplog.records if "older than its state" in r.getMessage()]
+    assert len(replays) == 1
