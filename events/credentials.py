@@ -13,6 +13,7 @@ import base64
 import binascii
 import functools
 import itertools
+import json
 import logging
 import os
 import re
@@ -178,11 +179,25 @@ def says_secret(name: str) -> bool:
     if _SECRET_WORD_INSIDE.search(name) is None:  # most names: one search in C tells
         return False
     words = _words_of(name)
-    if words and words[-1] in _LOCATION_WORDS:
-        return False
-    if words and words[-1] == "PASS":  # SMTP_PASS, RABBITMQ_DEFAULT_PASS; PASS_COUNT is none
+    if words and words[-1] in _LOCATION_WORDS and not _names_base64(name):
+        return False  # but GOOGLE_CREDENTIALS_FILE_B64: a key file's content, encoded
+    if _ends_in_pass(words):  # SMTP_PASS, RABBITMQ_DEFAULT_PASS; PASS_COUNT is none
         return True
     return any(_says_secret(word) for word in words)
+
+
+def _ends_in_pass(words: list[str]) -> bool:
+    """Whether a name's ``words`` end in PASS for a password (``SMTP_PASS``), not a
+    filter's pass band (``HIGH_PASS``: :data:`_FILTER_PASSES`)."""
+    if not words or words[-1] != "PASS":
+        return False
+    return len(words) == 1 or words[-2] not in _FILTER_PASSES
+
+
+_FILTER_PASSES: Final = frozenset({"HIGH", "LOW", "BAND", "ALL"})
+"""Words before PASS that name a filter (``HIGH_PASS``, ``LOW_PASS_2``, ``BAND_PASS``,
+``ALL_PASS``), whose value ("filter at 2000 Hz") is no password: taken for a passphrase,
+its words would be cut out of every line showing them."""
 
 
 _QUALIFIERS_REVERSED = re.compile(r"(?i)(?:46esab|46b|\d|[^a-z0-9])*")
@@ -314,7 +329,7 @@ def _held_credentials(name: str, value: str) -> list[str]:
         found.append(token.strip())  # first: the runs of the whole would cut its scheme
     if (spaced or not schemed) and looks_secret(value, spaced=spaced):
         found.append(value)
-    if _names_base64(name) and found:
+    if _names_base64(name):  # its encoding may look like no key ('aHVudGVyMjI=')
         decoded = _base64_text(value)
         if decoded is not None and looks_secret(decoded, spaced=spaced):
             found.append(decoded)
@@ -322,11 +337,12 @@ def _held_credentials(name: str, value: str) -> list[str]:
 
 
 def _base64_text(value: str) -> str | None:
-    """The text ``value`` encodes in base64 (standard or URL-safe alphabet), if it is
-    base64 of UTF-8 text."""
-    text = value.strip()
+    """The text ``value`` encodes in base64 (standard or URL-safe alphabet, padded or
+    not), if it is base64 of UTF-8 text."""
+    text = value.strip().replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
     try:
-        decoded = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        decoded = base64.b64decode(text, validate=True)
         return decoded.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
@@ -360,8 +376,8 @@ def _names_passphrase(name: str) -> bool:
     between them ("correct horse battery staple"). Not a name that merely holds such a
     word (``PASSWORD_POLICY``, ``PASSWORD_HINT``), whose sentences are no secret."""
     words = _words_of(name)
-    return bool(words) and (
-        words[-1] == "PASS" or words[-1].removesuffix("S").endswith(_PASSPHRASE_ENDINGS)
+    return _ends_in_pass(words) or (
+        bool(words) and words[-1].removesuffix("S").endswith(_PASSPHRASE_ENDINGS)
     )
 
 
@@ -617,7 +633,7 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         if len(secret.strip()) < SHORTEST_SECRET:
             continue
-        for form in sorted(shown_forms(secret), key=len, reverse=True):
+        for form in _longest_first(secret):
             text = text.replace(form, "[redacted]")
         text = _redact_parts(text, secret.strip())
     return text
@@ -626,9 +642,23 @@ def redact(text: str, secrets: Sequence[str]) -> str:
 def shown_forms(secret: str) -> set[str]:
     """The ways ``secret`` may be shown: as it is, without the whitespace around it (a key
     read from a file keeps its newline, which a header refuses, and the error shows the
-    rest), and escaped as a repr shows it."""
-    forms = {secret, secret.strip(), repr(secret)[1:-1]}
+    rest), escaped as a repr shows it, and as a JSON string does (a JSON log line: a
+    quote or a non-ASCII character escaped)."""
+    forms = {secret, secret.strip(), repr(secret)[1:-1], *_json_forms(secret)}
     return {form for form in forms if form}
+
+
+@functools.lru_cache(maxsize=256)
+def _longest_first(secret: str) -> tuple[str, ...]:
+    """:func:`shown_forms` of ``secret``, longest first (a form inside another is taken
+    after it): worked out once per secret, as a log filter asks at every record."""
+    return tuple(sorted(shown_forms(secret), key=len, reverse=True))
+
+
+def _json_forms(secret: str) -> tuple[str, str]:
+    """``secret`` inside a JSON string, with non-ASCII characters escaped (``json.dumps``'
+    default) and not."""
+    return json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]
 
 
 @functools.lru_cache(maxsize=64)

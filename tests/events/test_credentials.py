@@ -4,6 +4,7 @@ credentials given, as a record every formatter reads the usual way."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import types
@@ -370,6 +371,76 @@ def test_pass_as_a_names_last_word_names_a_password(name: str, credential: bool)
     PASS anywhere else in a name (a count, a bypass) says nothing of one."""
     found = credentials.named_secrets(name, "s3cretPassw0rd")
     assert found == (("s3cretPassw0rd",) if credential else ())
+
+
+@pytest.mark.parametrize("name", ["HIGH_PASS", "LOW_PASS_2", "BAND_PASS", "ALL_PASS"])
+def test_a_filters_pass_band_names_no_password(name: str) -> None:
+    """``HIGH_PASS`` names a filter, not a password: its words ("filter at 2000 Hz") are
+    no passphrase, and are not cut out of the lines showing them."""
+    line = "applying the filter at 2000 Hz to the signal"
+    found = credentials.named_secrets(name, "filter at 2000 Hz")
+    assert found == ()
+    assert credentials.redact(line, found) == line
+
+
+KEY_FILE_CONTENT = base64.b64encode(b"\xfe\xed\xfe\xed" + bytes(range(256))).decode()
+SERVICE_ACCOUNT = base64.b64encode(
+    b'{"type": "service_account", "private_key": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"}'
+).decode()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SIGNING_KEY_FILE_B64", KEY_FILE_CONTENT),
+        ("SSH_PRIVATE_KEY_FILE_BASE64", KEY_FILE_CONTENT),
+        ("GOOGLE_CREDENTIALS_FILE_BASE64", SERVICE_ACCOUNT),
+    ],
+)
+def test_a_key_files_content_encoded_under_a_file_name_is_a_credential(
+    name: str, value: str
+) -> None:
+    """``*_FILE_B64`` holds no path but the key file itself, encoded for a CI secret: it
+    is taken out of lines, where ``*_FILE`` (a path) is not."""
+    line = f"keystore load failed: {value}"
+    assert value in credentials.named_secrets(name, value)
+    assert credentials.redact(line, credentials.named_secrets(name, value)) == (
+        "keystore load failed: [redacted]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoded", "password"),
+    [
+        ("aHVudGVyMjI=", "hunter22"),
+        ("aHVudGVyMjI", "hunter22"),
+        ("cHc-Pj9-MTJhYg", "pw>>?~12ab"),
+        ("c2VjPz4+MXg=", "sec?>>1x"),
+    ],
+    ids=["padded-no-digit", "unpadded", "url-safe-unpadded", "standard"],
+)
+def test_the_password_under_a_base64_name_is_taken_whatever_its_encoding_looks_like(
+    encoded: str, password: str
+) -> None:
+    """The application decodes ``PASSWORD_B64`` and sends the password itself: that is
+    taken out of lines even when the encoding looks like no key (no digit, short), is
+    unpadded or written in the URL-safe alphabet."""
+    line = f"password authentication failed ({password})"
+    found = credentials.named_secrets("PASSWORD_B64", encoded)
+    assert password in found
+    assert credentials.redact(line, found) == "password authentication failed ([redacted])"
+
+
+@pytest.mark.parametrize("password", ['pa"ss w0rd', "pässw0rd 12", "naïve-tok3n\\x"])
+@pytest.mark.parametrize("ensure_ascii", [True, False], ids=["ascii", "unicode"])
+def test_a_password_is_taken_out_of_a_json_line_as_json_escapes_it(
+    password: str, ensure_ascii: bool
+) -> None:
+    """A JSON log line shows a password with its quote, backslash or non-ASCII letter
+    escaped (``pa\\"ss``, ``p\\u00e4ss``): that form is taken out too."""
+    line = json.dumps({"event": "login", "password": password}, ensure_ascii=ensure_ascii)
+    found = credentials.named_secrets("DB_PASSWORD", password)
+    assert credentials.redact(line, found) == '{"event": "login", "password": "[redacted]"}'
 
 
 JOINED_KEY_NAMES = (
