@@ -115,7 +115,7 @@ def create_app(
     router = api_router(memory, audit)
     api.include_router(router)
     api.router.routes.extend(mcp_app.routes)
-    install_error_handlers(api, routes=[*api.router.routes, *router.routes])
+    install_error_handlers(api, [*api.router.routes, *router.routes], jsonrpc_path="/mcp")
     routed = RefuseInvalidMessages(EncodedSlashes(HeadAsGet(api, "/mcp")), "/mcp", READ_ONLY_TOOLS)
     guarded = BodyLimit(
         BearerAuth(UncodedBodies(routed, jsonrpc_path="/mcp"), tokens or TokenBook()),
@@ -123,7 +123,8 @@ def create_app(
         jsonrpc_path="/mcp",
     )
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
-    return AccessLog(McpWithSlash(RefusedWhileDraining(answered, drain or Drain()), "/mcp"))
+    drained = RefusedWhileDraining(answered, drain or Drain())
+    return AccessLog(McpWithSlash(drained, "/mcp"))
 
 
 class McpWithSlash:

@@ -7,15 +7,17 @@ tool's error text), so both faces tell a caller the same thing about the same fa
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mcp.types import INTERNAL_ERROR
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,7 +32,8 @@ from events import (
     StorageError,
 )
 from events.errors import UserForgottenError, echoed, is_database_failure
-from memvee._server.logs import REQUEST_ID_KEY
+from memvee._secrets import configured_secrets, redact
+from memvee._server.logs import REQUEST_ID_KEY, note_logged
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -45,6 +48,7 @@ __all__ = [
     "classify",
     "described",
     "install_error_handlers",
+    "jsonrpc_error",
     "mark_reads_only",
 ]
 
@@ -97,12 +101,27 @@ def classify(error: Exception) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-def caller_message(error: Exception) -> str:
-    """What a caller is told of ``error``: its own words, but for a failing database."""
+def caller_message(error: Exception, request_id: object = None) -> str:
+    """What a caller is told of ``error``: its own words for a refusal (4xx); for a
+    failure of the server (5xx) its words cleaned of every configured secret (an
+    upstream's URL with its password, a key), or none at all for an error the API has no
+    word for (``internal_error``: :func:`unexpected`, its words left to the log), nor for
+    a failing database."""
     storage = isinstance(error, StorageError) and not isinstance(error, ConflictError)
     if storage or is_database_failure(error):
         return STORAGE_UNAVAILABLE
+    status, code = classify(error)
+    if code == "internal_error":
+        return unexpected(request_id)
+    if status >= 500:
+        return redact(str(error), configured_secrets())
     return str(error)
+
+
+def unexpected(request_id: object) -> str:
+    """What a caller is told of a defect: nothing of its words, which may hold a secret,
+    but where the server's log tells it."""
+    return f"the server failed unexpectedly; its log says why (request {request_id})"
 
 
 def described(problem: Mapping[str, Any], whole: str) -> str:
@@ -121,6 +140,15 @@ def error_response(
         status_code=status,
         headers=headers,
     )
+
+
+def jsonrpc_error(
+    code: int, told: str, status: int, headers: dict[str, str] | None = None
+) -> Response:
+    """An error on MCP's path as the SDK's streamable HTTP transport answers its own: a
+    JSON-RPC error with a null id (no id of an unread, or unparsed, body is known)."""
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": told}}
+    return Response(json.dumps(error), status, media_type="application/json", headers=headers)
 
 
 def _body(request: Request, status: int, code: str, message: str) -> JSONResponse:
@@ -145,9 +173,12 @@ def _named(content_type: str | None) -> str:
     return "no Content-Type" if content_type is None else echoed(content_type)
 
 
-def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+def install_error_handlers(
+    app: FastAPI, routes: Sequence[BaseRoute], jsonrpc_path: str | None = None
+) -> None:
     """Answer every error with ``{"error", "message", "request_id"}`` and its status (a
-    defect with 500 ``internal_error``, its words left to the log); a 405 names in
+    defect with 500 ``internal_error``, its words and traceback left to the log under the
+    request id; on ``jsonrpc_path``, MCP's, as a JSON-RPC error); a 405 names in
     ``Allow`` the methods of every one of ``routes`` at its path (FastAPI keeps an
     included router's routes out of ``app.routes``)."""
     # Here, not at the top: the MCP tools share this module, and memvee mcp loads no FastAPI.
@@ -155,12 +186,13 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
 
     async def on_known(request: Request, error: Exception) -> JSONResponse:
         status, code = classify(error)
+        request_id = request.scope.get(REQUEST_ID_KEY)
         if status >= 500:
-            log.warning(
-                "%s: %s", code, error, extra={"request_id": request.scope.get(REQUEST_ID_KEY)}
-            )
+            traceback = error if code == "internal_error" else None
+            log.warning("%s: %s", code, error, exc_info=traceback, extra={"request_id": request_id})
         headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
-        return error_response(request.scope, status, code, caller_message(error), headers)
+        told = caller_message(error, request_id)
+        return error_response(request.scope, status, code, told, headers)
 
     async def on_validation(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
@@ -196,12 +228,20 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
             headers["Allow"] = _allowed_methods(routes, request.scope)
         return error_response(request.scope, error.status_code, code, str(error.detail), headers)
 
-    async def on_defect(request: Request, error: Exception) -> JSONResponse:
-        # Starlette raises the error again once this answer is sent: the server logs its
-        # traceback (cleaned of secrets) after the request's access line.
+    async def on_defect(request: Request, error: Exception) -> Response:
+        # Starlette raises the error again once this answer is sent: the ASGI server's own
+        # line for it, without the request id, is dropped (note_logged).
         request_id = request.scope.get(REQUEST_ID_KEY)
-        told = f"the server failed unexpectedly; its log says why (request {request_id})"
-        return error_response(request.scope, 500, "internal_error", told)
+        log.error(
+            "internal_error: %s",
+            type(error).__name__,
+            exc_info=error,
+            extra={"request_id": request_id},
+        )
+        note_logged(error)
+        if jsonrpc_path is not None and request.scope.get("path") == jsonrpc_path:
+            return jsonrpc_error(INTERNAL_ERROR, unexpected(request_id), 500)
+        return error_response(request.scope, 500, "internal_error", unexpected(request_id))
 
     app.add_exception_handler(Exception, on_defect)
     app.add_exception_handler(MemveeError, on_known)

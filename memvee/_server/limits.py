@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from mcp.types import INVALID_REQUEST
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from memvee._server.errors import error_response
+from memvee._server.errors import error_response, jsonrpc_error
 
 __all__ = ["BodyLimit"]
 
@@ -126,7 +124,4 @@ def jsonrpc_refusal(told: str, status: int = 413) -> Response:
     """A refusal (``status``) of a body on MCP's path as the SDK's streamable HTTP transport
     answers its own errors: a JSON-RPC invalid request with a null id (no id of an unread
     body is known)."""
-    error = {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": told}}
-    return Response(
-        json.dumps(error), status, media_type="application/json", headers={"connection": "close"}
-    )
+    return jsonrpc_error(INVALID_REQUEST, told, status, headers={"connection": "close"})

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memvee._log_redaction import RedactSecrets
 
-__all__ = ["REQUEST_ID_KEY", "AccessLog", "JsonFormatter", "configure_logging"]
+__all__ = ["REQUEST_ID_KEY", "AccessLog", "JsonFormatter", "configure_logging", "note_logged"]
 
 REQUEST_ID_KEY = "memvee.request_id"
 """Where a request's id is put in its ASGI scope."""
@@ -77,8 +77,9 @@ def configure_logging(level: str = "info", secrets: Sequence[str] = ()) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     uvicorn_errors = logging.getLogger("uvicorn.error")
-    if not any(isinstance(each, _NoWebSocketAdvice) for each in uvicorn_errors.filters):
-        uvicorn_errors.addFilter(_NoWebSocketAdvice())
+    for kind in (_NoWebSocketAdvice, _NoRepeatedDefect):
+        if not any(isinstance(each, kind) for each in uvicorn_errors.filters):
+            uvicorn_errors.addFilter(kind())
     for name in _REQUEST_LINE_LOGGERS:
         logging.getLogger(name).setLevel(
             logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
@@ -93,6 +94,26 @@ class _NoWebSocketAdvice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("No supported WebSocket library detected")
+
+
+_LOGGED_MARK = "_memvee_logged_with_request_id"
+"""The attribute :func:`note_logged` sets on an error already logged with its traceback."""
+
+
+def note_logged(error: BaseException) -> None:
+    """Mark ``error`` as logged with its traceback and request id: the ASGI server's own
+    line for it, which it writes as the error leaves the app, would repeat it without the
+    id (:class:`_NoRepeatedDefect`)."""
+    setattr(error, _LOGGED_MARK, True)  # every exception has a __dict__, BaseException's
+
+
+class _NoRepeatedDefect(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" for an error the app logged
+    already, with the request id (:func:`note_logged`): a traceback is logged once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not getattr(error, _LOGGED_MARK, False)
 
 
 class AccessLog:

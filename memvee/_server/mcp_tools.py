@@ -505,15 +505,11 @@ def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
             return await fn(*args, **kwargs)
         except TOOL_FAILURES as error:
             status, code = classify(error)
+            ids = _request_ids([*args, *kwargs.values()])
             if status >= 500:
-                log.warning(
-                    "tool %s: %s: %s",
-                    fn.__name__,
-                    code,
-                    error,
-                    extra=_request_ids([*args, *kwargs.values()]),
-                )
-            raise ToolError(f"{code}: {caller_message(error)}") from error
+                log.warning("tool %s: %s: %s", fn.__name__, code, error, extra=ids)
+            told = caller_message(error, ids.get("request_id") or ids.get("rpc_id"))
+            raise ToolError(f"{code}: {told}") from error
         except (ToolError, MCPError):
             raise
         except Exception as error:  # a bug

@@ -11,8 +11,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.types import INTERNAL_ERROR
 
-from events import ROLES, EventStore
+from events import ROLES, EventStore, ProcessingError
+from events.errors import EmbedderError, ExtractionError, ExtractorRateLimitedError
 from memvee import Memory
 from memvee._server.app import create_app
 from memvee._server.http_api import LISTED_PER_WRITE
@@ -629,3 +632,98 @@ async def test_a_route_that_crashes_answers_the_json_internal_error_without_its_
         "message": f"the server failed unexpectedly; its log says why (request {request_id})",
         "request_id": request_id,
     }
+
+
+@pytest.mark.parametrize(
+    "kind", [EmbedderError, ExtractionError, ExtractorRateLimitedError, RuntimeError]
+)
+async def test_a_500_never_shows_the_errors_own_words(
+    memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch, kind: type[Exception]
+) -> None:
+    """A library error the API has no status for (an embedder's, an extractor's) is a 500
+    as a defect is: its words, which may name an upstream's URL with its password or a
+    key, go to the log under the request id the answer names, not to the caller."""
+    monkeypatch.setenv("DB_PASSWORD", "s3cretDbPassw0rd")
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        raise kind(
+            "embedder at https://u:s3cretDbPassw0rd@emb.example failed; key s3cretDbPassw0rd"
+        )
+
+    monkeypatch.setattr(memory, "retrieve", crash)
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            answer = await http.post("/v1/users/ann/retrieve", json={"query": "x"})
+
+    request_id = answer.headers["x-request-id"]
+    assert (answer.status_code, answer.json()) == (
+        500,
+        {
+            "error": "internal_error",
+            "message": f"the server failed unexpectedly; its log says why (request {request_id})",
+            "request_id": request_id,
+        },
+    )
+
+
+async def test_a_processing_failures_words_reach_the_caller_without_a_secret(
+    memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 502 ``processing_failed`` tells the caller what failed upstream, its words
+    cleaned of every configured secret (an upstream URL's password, a key)."""
+    monkeypatch.setenv("DB_PASSWORD", "s3cretDbPassw0rd")
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise ProcessingError(
+            "ann", "t-1", "extractor at https://u:s3cretDbPassw0rd@x.example: 401 s3cretDbPassw0rd"
+        )
+
+    monkeypatch.setattr(memory, "retrieve", fail)
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            answer = await http.post("/v1/users/ann/retrieve", json={"query": "x"})
+
+    assert answer.status_code == 502
+    assert answer.json()["message"] == (
+        "processing task t-1 for user 'ann' failed: extractor at https://***@x.example: "
+        "401 [redacted]"
+    )
+
+
+async def test_a_defect_on_mcp_is_answered_as_a_jsonrpc_error_naming_the_request(
+    memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer on ``/mcp`` is JSON-RPC, a defect's too: an internal error (-32603)
+    with a null id, naming the request whose log line tells why."""
+
+    async def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("defect in the session manager")
+
+    monkeypatch.setattr(StreamableHTTPSessionManager, "handle_request", crash)
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            answer = await http.post(
+                "/mcp",
+                json={"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}},
+                headers={"accept": "application/json, text/event-stream"},
+            )
+
+    request_id = answer.headers["x-request-id"]
+    told = f"the server failed unexpectedly; its log says why (request {request_id})"
+    assert (answer.status_code, answer.json()) == (
+        500,
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {
+                "code": INTERNAL_ERROR,
+                "message": told,
+            },
+        },
+    )

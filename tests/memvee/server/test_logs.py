@@ -3,16 +3,23 @@ credential is ever in it, at any level."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 
 from events.extraction import BatchMessage, ExtractionBatch
+from memvee import Memory
+from memvee._server.app import create_app
 from memvee._server.logs import configure_logging
+from memvee.audit import Audit
 from memvee.extractors import ClaudeExtractor
 from tests.support.messages_api_server import MessagesAPIServer
 
@@ -108,3 +115,51 @@ def test_a_secret_in_a_message_an_extra_or_a_traceback_is_redacted(
     assert record["dsn"] == "pw=[redacted]"
     assert "RuntimeError: refused key [redacted]" in record["exception"]
     assert DB_PASSWORD not in text and API_KEY not in text
+
+
+async def _served_once(app: Any, path: str, body: dict[str, Any]) -> httpx.Response:
+    """``body`` posted to ``path`` of ``app`` served by uvicorn as ``memvee serve`` runs it
+    (no WebSocket library, its logs through the server's handler)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, http="h11", ws="none", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            return await http.post(path, json=body)
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_a_defect_is_logged_once_with_its_traceback_under_the_request_id_and_no_secret(
+    logs: Callable[[], str], memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 500 tells the caller the log says why under its request id: the one line with
+    the traceback carries that id, cleaned of the password the error shows. uvicorn's own
+    "Exception in ASGI application" line, without the id, no longer repeats it."""
+    monkeypatch.setenv("DB_PASSWORD", DB_PASSWORD)
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"postgresql://memvee:{DB_PASSWORD}@db/memvee and {DB_PASSWORD}")
+
+    monkeypatch.setattr(memory, "retrieve", crash)
+    configure_logging("info")
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        answer = await _served_once(app, "/v1/users/ann/retrieve", {"query": "x"})
+
+    text = logs()
+    assert answer.status_code == 500
+    with_traceback = [record for record in _records(text) if "exception" in record]
+    assert [(r["logger"], r["level"], r["request_id"]) for r in with_traceback] == [
+        ("memvee.server", "error", answer.headers["x-request-id"])
+    ]
+    shown = with_traceback[0]["exception"]
+    assert "RuntimeError: postgresql://***@db/memvee and [redacted]" in shown
+    assert DB_PASSWORD not in text
