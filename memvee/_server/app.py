@@ -124,7 +124,33 @@ def create_app(
     )
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
     drained = RefusedWhileDraining(answered, drain or Drain())
-    return AccessLog(McpWithSlash(drained, "/mcp"))
+    return AccessLog(ClosedAfterUpgrade(McpWithSlash(drained, "/mcp")))
+
+
+class ClosedAfterUpgrade:
+    """ASGI middleware: the answer to a request asking for an upgrade (a WebSocket or h2c
+    handshake, served as the plain request it also is) closes its connection. The HTTP
+    parser holds back what the client sends after such a request, as the other protocol's:
+    a request sent next on the same connection would wait unanswered until the client's
+    timeout; closed, the client opens another."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not any(
+            name == b"upgrade" for name, _ in scope.get("headers", ())
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"connection"]
+                message = {**message, "headers": [*kept, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing)
 
 
 class McpWithSlash:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -87,13 +87,18 @@ def configure_logging(level: str = "info", secrets: Sequence[str] = ()) -> None:
 
 
 class _NoWebSocketAdvice(logging.Filter):
-    """Drops uvicorn's advice to install a WebSocket library, which it gives at every
-    request asking for an upgrade: the server serves no WebSocket by choice (``ws="none"``),
-    and answers such a request as plain HTTP. uvicorn's warning of the unsupported upgrade
-    itself is kept."""
+    """Drops uvicorn's warning of an unsupported upgrade, and its advice to install a
+    WebSocket library, which it writes at every request asking for an upgrade: the server
+    serves no WebSocket by choice (``ws="none"``) and answers such a request as plain
+    HTTP, in the access log as any other; a warning per request any client can send would
+    flood the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No supported WebSocket library detected")
+        return not str(record.msg).startswith(_UPGRADE_LINES)
+
+
+_UPGRADE_LINES: Final = ("Unsupported upgrade request.", "No supported WebSocket library detected")
+"""How uvicorn's lines about an upgrade it does not serve begin (:class:`_NoWebSocketAdvice`)."""
 
 
 _LOGGED_MARK = "_memvee_logged_with_request_id"

@@ -477,6 +477,29 @@ def test_a_websocket_handshake_to_a_route_is_answered_as_its_get(server: ServerP
     assert "WebSocket library" not in server.log_path.read_text(encoding="utf-8")
 
 
+def test_a_request_sent_after_a_handshake_on_its_connection_is_never_left_hanging(
+    server: ServerProcess,
+) -> None:
+    """The parser holds back whatever follows a request asking for an upgrade as the other
+    protocol's: the handshake's answer closes the connection, so a request sent next on it
+    is not left unanswered until the client gives up (the client sends it again on a new
+    connection). Nor is each handshake a warning in the log, which any client could
+    flood."""
+    handshake = _HANDSHAKE.format(path="/healthz", key="Sec-WebSocket-Key: eA==\r\n")
+    then = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    # Half uvicorn's keep-alive timeout (5 s), which would end a hanging connection too.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=2.5) as connection:
+        connection.sendall((handshake + then).encode())
+        received = b""
+        while chunk := connection.recv(65536):  # a timeout fails the test: left hanging
+            received += chunk
+
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nconnection: close" in head.lower()
+    assert body == b'{"status":"ok"}'
+    assert "Unsupported upgrade request" not in server.log_path.read_text(encoding="utf-8")
+
+
 def test_a_body_over_the_limit_announced_with_expect_100_continue_is_413_before_it_is_sent(
     server: ServerProcess, http: httpx.Client, user: str
 ) -> None:
