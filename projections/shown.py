@@ -77,7 +77,7 @@ class Near:
         self.user_id = user_id
         self.vectors = vectors
         self.version = version
-        self.forgotten = index.forgotten  # before the search's connection reads
+        self.forgotten = index.forgotten(user_id)  # before the search's connection reads
 
     def entries(
         self, connection: Connection, reader: ProjectionReader, limit: int

@@ -146,6 +146,9 @@ _HOLD_OFF = 0.5
 """The longest a background fill waits for searches to end before its next batch."""
 _READ_BY_ID = 500
 """How many entry vectors one statement reads by id."""
+_ENTRY_OVERHEAD = 160
+"""The memory a kept entry vector takes beside its bytes: its id's string, the bytes
+object's header and its dict slot (tracemalloc: 168 B an entry at 384 dims, 156 at 64)."""
 
 _FILLED_KEPT = 100_000
 """Users whose last filled log version is remembered (least recent forgotten)."""
@@ -210,9 +213,9 @@ def drop_vectors_of_gone_items(
 
 
 CACHE_BYTES = 320 * 2**20
-"""The most memory the cached message vectors take: some 200,000 of the default embedder's
-384 floats, 50,000 of an embedding API's 1,536 (it counted vectors, so a longer embedder
-could hold GBs)."""
+"""The most memory the cached message and entry vectors take together: some 200,000 of
+the default embedder's 384 floats, 50,000 of an embedding API's 1,536 (it counted
+vectors, so a longer embedder could hold GBs)."""
 
 
 class VectorIndex:
@@ -232,7 +235,12 @@ class VectorIndex:
     entry id, within the same bytes: which entries are current, and their order, is
     read every time, so what is ranked is what a read of every vector gives, but only
     the vectors of entries new since the last batch are read (a backlog's batches read
-    what its batch added, not every entry's vector again).
+    what its batch added, not every entry's vector again). Both kinds share one order of
+    use by log: past ``cache_bytes`` the logs used longest ago lose both.
+
+    A user erased by another process stays in this one's memory until the next search
+    of theirs (whose fill sees the log began again, or is gone) or until evicted: only
+    :meth:`forget` in this process drops it at once.
     """
 
     def __init__(
@@ -261,13 +269,17 @@ class VectorIndex:
         that counted did (see :data:`_STRIKES`)."""
         self._fills: dict[str, list[threading.Event]] = {}
         """Per log, the events of the fills that run, set when the log is forgotten."""
-        self._entry_vectors: OrderedDict[str, dict[str, dict[str, bytes]]] = OrderedDict()
+        self._entry_vectors: dict[str, dict[str, dict[str, bytes]]] = {}
         """Per log, per knowledge version, the vector bytes of the current entries the last
         search beside a batch ranked, by entry id (an id is a UUID4 and its vector never
         changes): the next search reads only the vectors of entries new to it."""
-        self._forgotten = 0
-        """How many times :meth:`forget` was called: a read of entry vectors that one
-        overlapped keeps nothing (it may have read an erased log's)."""
+        self._entry_held: dict[str, int] = {}
+        """Per log, the memory its kept entry vectors take (see :func:`_entry_bytes`)."""
+        self._used: OrderedDict[str, None] = OrderedDict()
+        """The logs with message or entry vectors kept, the one used longest ago first."""
+        self._forgets: dict[str, int] = {}
+        """Per log, how many times :meth:`forget` was called for it: a read of its entry
+        vectors that one overlapped keeps nothing (it may have read the erased log's)."""
         v, k, m, u = tables.vectors, tables.knowledge, tables.messages, tables.users
         # What every search runs, built once (building a statement costs more than
         # running it on a user's rows).
@@ -317,8 +329,9 @@ class VectorIndex:
         self._entries_by_id = self._messages_by_id  # owner and kind checked on each row
         self._entries_now = version_entries.where(k.c.valid_until.is_(None))
         # The current entries of a version that have a vector of the model, without the
-        # vectors: by the knowledge listing index, each checked in the vectors' key
-        # index alone (the vector bytes are read by id, only for the entries not kept).
+        # vectors, each checked by an EXISTS on the vectors' key (PostgreSQL without
+        # statistics plans a bitmap heap scan per row: slower than the join of
+        # _entries_now, which a read with nothing kept uses instead).
         has_vector = (
             select(v.c.item_id).where(v.c.item_id == k.c.entry_id, v.c.model == model).exists()
         )
@@ -534,19 +547,20 @@ class VectorIndex:
         ``version`` nearest it, the nearest first: the user's vectors are gathered once
         for them all, those read for the last batch kept (see :meth:`_current_entry_rows`).
 
-        ``forgotten`` is :attr:`forgotten` as read before ``connection`` first read: a
-        :meth:`forget` since then may have erased what it reads, which is then not kept."""
+        ``forgotten`` is :meth:`forgotten` of the user as read before ``connection`` first
+        read: a :meth:`forget` of theirs since then may have erased what it reads, which is
+        then not kept."""
         log_id = str(user_log_id(user_id))
         rows = self._current_entry_rows(
-            connection, log_id, version, self.forgotten if forgotten is None else forgotten
+            connection, log_id, version, self.forgotten(user_id) if forgotten is None else forgotten
         )
         vectors = _Vectors.of(_newest_first(rows))
         return [[item for item, _ in vectors.nearest(query, limit)] for query in queries]
 
-    @property
-    def forgotten(self) -> int:
-        """How many times :meth:`forget` was called on this index."""
-        return self._forgotten
+    def forgotten(self, user_id: str) -> int:
+        """How many times :meth:`forget` was called for the user on this index."""
+        with self._lock:
+            return self._forgets.get(str(user_log_id(user_id)), 0)
 
     def _current_entry_rows(
         self, connection: Connection, log_id: str, version: str, forgotten: int
@@ -556,10 +570,16 @@ class VectorIndex:
         very rows a read of them all gives. Which entries and their order are read each
         time; the vector bytes only of the entries the last such read did not give (see
         :attr:`_entry_vectors`), so a backlog's batches do not read and decode every
-        entry's vector again."""
-        keys = connection.execute(self._current_keys, {"log_id": log_id, "version": version}).all()
+        entry's vector again. With none kept, all are read in one join, faster than the
+        listing and the reads by id."""
         with self._lock:
             kept = dict(self._entry_vectors.get(log_id, {}).get(version, {}))
+        if not kept:
+            found = connection.execute(self._entries_now, {"log_id": log_id, "version": version})
+            rows = list(self._of_its_length(connection, log_id, found.all()))
+            self._keep_entry_vectors(log_id, version, {row[0]: row[1] for row in rows}, forgotten)
+            return rows
+        keys = connection.execute(self._current_keys, {"log_id": log_id, "version": version}).all()
         unread = [row[0] for row in keys if row[0] not in kept]
         for start in range(0, len(unread), _READ_BY_ID):
             found = connection.execute(
@@ -576,27 +596,32 @@ class VectorIndex:
     ) -> None:
         """Keep ``vectors`` as the log's current entries' of ``version`` (those ended since
         the last read are let go), unless a :meth:`forget` came since ``forgotten`` was
-        read; the logs searched longest ago are dropped past ``cache_bytes``."""
+        read; the logs used longest ago are dropped past ``cache_bytes``."""
         with self._lock:
-            if self._forgotten != forgotten:
+            if self._forgets.get(log_id, 0) != forgotten:
                 return
-            self._entry_vectors.setdefault(log_id, {})[version] = vectors
-            self._entry_vectors.move_to_end(log_id)
+            kept = self._entry_vectors.setdefault(log_id, {})
+            kept[version] = vectors
+            self._entry_held[log_id] = _entry_bytes(kept)
+            self._use(log_id)
             self._evict()
 
+    def _use(self, log_id: str) -> None:
+        """Mark the log's kept vectors, of either kind, as the ones used last (under the
+        lock)."""
+        self._used[log_id] = None
+        self._used.move_to_end(log_id)
+
     def _evict(self) -> None:
-        """Drop the message and entry vectors of the logs used longest ago, the message
-        vectors first, until both fit in ``cache_bytes`` (under the lock); the last log
+        """Drop the message and entry vectors of the logs used longest ago, both kinds
+        together, until what is kept fits in ``cache_bytes`` (under the lock); the last log
         used keeps its own, whatever their size."""
-        total = sum(c.nbytes for c in self._cache.values()) + sum(
-            _entry_bytes(kept) for kept in self._entry_vectors.values()
-        )
-        while total > self.cache_bytes and len(self._cache) > 1:
-            _, dropped = self._cache.popitem(last=False)
-            total -= dropped.nbytes
-        while total > self.cache_bytes and len(self._entry_vectors) > 1:
-            _, gone = self._entry_vectors.popitem(last=False)
-            total -= _entry_bytes(gone)
+        total = sum(c.nbytes for c in self._cache.values()) + sum(self._entry_held.values())
+        while total > self.cache_bytes and len(self._used) > 1:
+            log_id, _ = self._used.popitem(last=False)
+            dropped = self._cache.pop(log_id, None)
+            total -= (0 if dropped is None else dropped.nbytes) + self._entry_held.pop(log_id, 0)
+            self._entry_vectors.pop(log_id, None)
 
     def messages(
         self,
@@ -621,7 +646,7 @@ class VectorIndex:
         with self._lock:
             cached = self._cache.get(log_id)
             if cached is not None:
-                self._cache.move_to_end(log_id)
+                self._use(log_id)
         if cached is None:
             cached = self._load(connection, log_id, erased)
         if as_of is not None:
@@ -634,7 +659,7 @@ class VectorIndex:
         to the embedder any more."""
         log_id = str(user_log_id(user_id))
         with self._lock:
-            self._forgotten += 1
+            self._forgets[log_id] = self._forgets.get(log_id, 0) + 1
             self._drop(log_id)
             for erased in self._fills.get(log_id, ()):
                 erased.set()
@@ -656,6 +681,8 @@ class VectorIndex:
         lock)."""
         self._cache.pop(log_id, None)
         self._entry_vectors.pop(log_id, None)
+        self._entry_held.pop(log_id, None)
+        self._used.pop(log_id, None)
         self._filled.pop(log_id, None)
         self._refused.pop(log_id, None)
         self._strikes.pop(log_id, None)
@@ -838,7 +865,7 @@ class VectorIndex:
             if erased is None or erased.is_set():
                 return loaded
             self._cache[log_id] = loaded
-            self._cache.move_to_end(log_id)
+            self._use(log_id)
             self._evict()
         return loaded
 
@@ -1035,8 +1062,10 @@ def _rejects_text(error: BaseException) -> bool:
 
 
 def _entry_bytes(kept: dict[str, dict[str, bytes]]) -> int:
-    """The memory the vectors of one log's entries take (ids aside)."""
-    return sum(len(vector) for vectors in kept.values() for vector in vectors.values())
+    """The memory the kept vectors of one log's entries take, ids and dicts counted."""
+    return sum(
+        len(vector) + _ENTRY_OVERHEAD for vectors in kept.values() for vector in vectors.values()
+    )
 
 
 def _newest_first(rows: Sequence[Any]) -> list[Any]:
