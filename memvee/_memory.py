@@ -871,6 +871,10 @@ class Memory:
         false when that failed or other connections' older snapshots keep the erased words
         in the database files; they are scrubbed in the background. Cancelling the call
         does not stop an erasure already sent (its failure is then logged).
+
+        This Memory's cached vectors of the user are dropped at once; another process's
+        Memory on the same database keeps its cached copies in memory (never stored nor
+        returned) until its next search of the user or until they are evicted.
         """
         check_user_id(user_id)
         engine, loop = self._running()

@@ -1547,7 +1547,9 @@ class Audit:
         A user with no log here erases nothing (a receipt of zeros), and a log that does
         not load is erased all the same. A Memory running on the database learns it as it
         learns another process's erasure: a write it decided on the old log is refused and
-        decided again on the new, empty one. On SQLite the file is rewritten (``VACUUM``);
+        decided again on the new, empty one; the vectors of the user it cached stay in its
+        memory (never stored nor returned) until its next search of the user or until they
+        are evicted. On SQLite the file is rewritten (``VACUUM``);
         words a failed rewrite or other connections' snapshots keep in the files
         (``scrubbed=False``) are scrubbed in the background until :meth:`close`, which
         tries once more. A database that fails the erasure is a :class:`StorageError`, and
