@@ -354,7 +354,6 @@ _RULES: tuple[_Rule, ...] = (
         "User lives in {place}.",
     ),
     _rule(rf"(?:{_I_HAVE}|i\s+){_ADVERBS}{_MOVED_TO}", "User lives in {place}."),
-    _rule(rf"we(?:\s+have|'ve)?\s+{_ADVERBS}{_MOVED_TO}", "User lives in {place}."),
     _rule(rf"{_I}(?P<verb>love|like|enjoy|adore)\s+(?P<obj>.+)", "User {verb}s {obj}."),
     _rule(
         rf"i(?:\s+have|'ve|\s+have\s+got|'ve\s+got)\s+{_ARTICLE}(?P<noun>{_PETS})"

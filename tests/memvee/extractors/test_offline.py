@@ -1640,37 +1640,50 @@ async def test_what_a_sentence_says_once_it_turns_back_from_a_wish_counts(
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "place"),
     [
-        "We moved to Ålesund in the spring.",
-        "We've just moved to Ålesund.",
-        "Last month we moved from Hamar to Ålesund.",
-        "I took the offer, so we moved to Ålesund in March.",
-        "Update from the coast: we moved to Ålesund.",
+        ("We moved to Kubernetes last quarter.", "Kubernetes"),
+        ("At work we moved to Kubernetes.", "Kubernetes"),
+        ("We moved to a new office in Austin.", "Austin"),
+        ("The company grew, so we moved to Austin.", "Austin"),
+        ("Our startup was acquired, so we moved to Salesforce.", "Salesforce"),
+        ("We moved to Slack from Teams.", "Slack"),
+        ("As a kid, we moved to Bergen.", "Bergen"),
+        ("I live in Oslo now, but as a kid we moved to Bergen.", "Bergen"),
+        ("Growing up, we moved to Bergen.", "Bergen"),
+        ("We moved to Porto; I stayed in Oslo.", "Porto"),
+        ("She told me: we moved to Lisbon.", "Lisbon"),
+        ("My sister said, we moved to Lisbon.", "Lisbon"),
+        ("In the novel, we moved to Paris.", "Paris"),
+        ("I took the offer, so we moved to Ålesund in March.", "Ålesund"),
     ],
 )
-async def test_a_move_the_user_tells_as_we_is_their_new_home(content: str) -> None:
-    """ "We moved to Ålesund" tells where the user lives now as "I moved to Ålesund" does
-    (the user moved with the others), so it replaces the home known before; left unread,
-    the old home stayed current and its fact came first for "where do I live now?". A
-    clause opening on "we" is read as one opening on "I" is, after a comma or a colon."""
-    assert await texts_of(content) == ["User lives in Ålesund."]
-    hamar = entry("e-hamar", "User lives in Hamar.")
-    assert await against((hamar,), content) == (update("User lives in Ålesund.", "e-hamar"),)
+async def test_a_move_told_as_we_states_no_home_and_keeps_the_one_known(
+    content: str, place: str
+) -> None:
+    """Who "we" are (a team, a company, a family in the past, someone quoted, a story's
+    characters) is not told, so "we moved to X" states no home of the user's and leaves
+    the known one current: a missed move costs less than a wrong home."""
+    assert not any(place in text for text in await texts_of(content))
+    oslo = entry("e-oslo", "User lives in Oslo.")
+    facts = await against((oslo,), content)
+    assert not any(place in fact.text for fact in facts)
+    assert not any(
+        fact.action in ("update", "invalidate") and fact.target_entry_id == "e-oslo"
+        for fact in facts
+    )
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "fact"),
     [
-        "We moved to a new office downtown.",
-        "We moved to the next round of the quiz.",
-        "If we moved to Ålesund, I would fish more.",
-        "We never moved to Ålesund.",
+        ("I'm allergic to nuts, so we never order Thai.", "User is allergic to nuts."),
+        ("I work at the bakery, and we open at six.", "User works at the bakery."),
     ],
 )
-async def test_a_move_told_as_we_that_names_no_home_of_the_users_states_none(
-    content: str,
+async def test_a_clause_opening_on_we_ends_the_users_fact_before_it(
+    content: str, fact: str
 ) -> None:
-    """What "we moved to" names is a home only as what "I moved to" names is one: a
-    common noun, a hypothesis or a denial is none."""
-    assert await texts_of(content) == []
+    """A clause opening on "we" after a comma or a conjunction is not part of the
+    statement before it, which keeps its own words only; the "we" clause states nothing."""
+    assert await texts_of(content) == [fact]
