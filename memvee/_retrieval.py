@@ -6,8 +6,8 @@ it by a weighted sum of normalised scores: ``alpha`` times the lexical score div
 the best lexical score, plus ``1 - alpha`` times the cosine above a noise floor divided
 by the best one's (nothing at all when no candidate is near the query; a fact about the
 user's relatives or things the query does not name keeps half; the user's own name in
-the query is embedded as "the user", and is no word a fact shares with it, see
-:meth:`Retriever._as_user`). With
+the query is embedded as "the user", and is no word a fact written under it shares with
+it, see :meth:`Retriever._name_asked`). With
 ``include_messages`` entries and raw messages are ranked together on that one score (a
 strong message beats a weak fact, and a fact scores at least as well as the messages it
 came from, or half their score for a relative's fact, and a fact found by meaning alone
@@ -566,15 +566,15 @@ class Retriever:
         """The user's best ``top_k`` entries (and messages) for ``query``, on one score.
 
         Where ``query`` calls the user by the name their own messages carry, it is
-        embedded as "the user", and what a fact shares with it is told without that name
-        (:meth:`_as_user`)."""
+        embedded as "the user", and that name is no word a fact written under it shares
+        with the query (:meth:`_name_asked`, :class:`_Worded`)."""
         pool = max(top_k * _CANDIDATES, _LEAST_CANDIDATES)
         candidates: dict[str, _Candidate] = {}
         with self._erasures_watched(user_id) as erased, self.engine.connect() as connection:
-            as_user = self._as_user(connection, user_id, query)
+            name = self._name_asked(connection, user_id, query, include_messages)
+            as_user = query if name is None else _named_as_user(query, name)
             terms = query_terms(query)
             own, added = list(terms.own), terms.added
-            told = query_terms(as_user)
             query_vector, unembedded = self._embed_query(
                 connection, user_id, as_user, include_messages
             )
@@ -614,10 +614,7 @@ class Retriever:
                 candidates,
                 bool(own),
                 _stems_of(own),
-                _Worded(
-                    frozenset().union(*(text_stems(t) for t in (*told.own, *told.added))),
-                    named=as_user != query,
-                ),
+                _Worded(frozenset().union(*(text_stems(t) for t in (*own, *added))), name),
                 alpha,
             )
 
@@ -803,7 +800,7 @@ class Retriever:
     def _embed_query(
         self, connection: Connection, user_id: str, query: str, include_messages: bool
     ) -> tuple[list[float] | None, frozenset[str]]:
-        """The vector of ``query`` (as :meth:`_as_user` reads it), once the user's items
+        """The vector of ``query`` (as :meth:`_name_asked` has it), once the user's items
         have theirs (or the budget is spent), with the ids of the items left without one;
         no vector (rank lexically) without an embedder, when it fails, or when the query's
         vector is not ``dimensions`` finite floats."""
@@ -849,27 +846,45 @@ class Retriever:
             )
             return None, frozenset()
 
-    def _as_user(self, connection: Connection, user_id: str, query: str) -> str:
-        """``query`` with "the user" where it calls the user by the name their own messages
-        carry (:meth:`ProjectionReader.speaker`). Every fact and message is about the user,
-        and each turn is indexed and embedded after its speaker's name, so that name tells
-        none apart: embedded, it drew the query to the short messages it is spoken in
-        ("Maria: Not really.") above the one that answers a question about Maria; and it
-        is in every fact written under it ("Maria is a vet."), so that each seemed to
-        share a word with the query and was kept first beside a message answering far
-        better (:func:`_not_outmatched` tells shared words without it). The lexical search
-        keeps the name: dropping it there reshuffled the rankings of ``make eval``'s
-        people set for no gain (recall@10 0.95 to 0.94).
+    def _name_asked(
+        self, connection: Connection, user_id: str, query: str, include_messages: bool
+    ) -> str | None:
+        """The name the user's own messages carry (:meth:`ProjectionReader.speaker`) where
+        ``query`` calls the user by it (:func:`_named_as_user`), else ``None``. Every fact
+        and message is about the user, and each turn is indexed and embedded after its
+        speaker's name, so that name tells none apart: embedded, it drew the query to the
+        short messages it is spoken in ("Maria: Not really.") above the one that answers a
+        question about Maria, so the query is embedded with "the user" in its place; and it
+        heads every fact written under it ("Maria is a vet."), so that each seemed to share
+        a word with the query and was kept first beside a message answering far better
+        (:class:`_Worded` tells shared words without it). The lexical search keeps the
+        name: dropping it there reshuffled the rankings of ``make eval``'s people set for
+        no gain (recall@10 0.95 to 0.94).
 
-        The name is read in the search's ``connection``, whose transaction then ends, the
-        read failed or not: no transaction waits on the embedder (on PostgreSQL it would
-        keep a rebuild from dropping the tables it read), and a failed read leaves the
-        search its connection."""
+        The name is read only where it is used: with an embedder, or beside messages (a
+        fact is weighed against messages only then); a lexical search of the entries alone
+        ranks the same without it and is spared the read. It is read in the search's
+        ``connection``, whose transaction then ends, the read failed or not: no transaction
+        waits on the embedder (on PostgreSQL it would keep a rebuild from dropping the
+        tables it read). A read the database fails is logged and the search goes on without
+        the name, as it would for a user who never gave one."""
+        if self._vectors is None and not include_messages:
+            return None
         try:
             name = self._reader.speaker(connection, user_id)
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            log.warning(
+                "user %r: the name their messages carry could not be read (%s); this search "
+                "goes on without it",
+                user_id,
+                first_line(getattr(error, "orig", None) or error),
+            )
+            return None
         finally:
             connection.rollback()
-        return query if name is None else _named_as_user(query, name)
+        if name is None or _named_as_user(query, name) == query:
+            return None
+        return name
 
 
 def _named_as_user(query: str, name: str) -> str:
@@ -925,15 +940,25 @@ class _Worded:
     lexical scores (bm25, ts_rank) differ in scale."""
 
     words: frozenset[str]
-    named: bool = False
-    """Whether the query called the user by name: ``words`` leave the name out (it is in
-    every fact written under it), so a lexical score no longer tells a shared word."""
+    name: str | None = None
+    """The user's name where the query calls the user by it: written at the head of a text
+    it is the subject every fact of the user is written under ("Noor is a vet."), no word
+    the text shares with the query, so a lexical score (which counts it) tells none;
+    elsewhere it is one ("Austin works at a bank in Austin." for "what about Austin?")."""
 
     def share(self, text: str) -> float:
-        """The part of the query's words ``text`` holds (0 when the query has none)."""
+        """The part of the query's words ``text`` holds (0 when the query has none), the
+        user's name at its head left out."""
         if not self.words:
             return 0.0
+        if self.name is not None and (head := _headed_by(self.name, text)) is not None:
+            text = text[head.end() :]
         return len(self.words.intersection(text_stems(text))) / len(self.words)
+
+
+def _headed_by(name: str, text: str) -> re.Match[str] | None:
+    """Where ``text`` opens on ``name``, written as the name is and as a whole word."""
+    return re.match(rf"\s*{re.escape(name)}(?!\w)", text)
 
 
 def _not_outmatched(
@@ -966,7 +991,7 @@ def _not_outmatched(
         entry = fact.item
         assert isinstance(entry, KnowledgeEntry)
         # A lexical score tells a shared word at once; the texts tell the rest alike.
-        if (fact.lexical > 0 and not worded.named) or worded.share(entry.text) > 0:
+        if (fact.lexical > 0 and worded.name is None) or worded.share(entry.text) > 0:
             yield fact
             continue
         if weights is None:  # weighed once, when a fact first needs it

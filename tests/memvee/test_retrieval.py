@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy.exc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -284,6 +285,60 @@ async def test_a_fact_sharing_only_the_users_name_is_not_listed_before_the_messa
     assert result.messages[0].message.content == turns[1][0]
     vet = await memory.retrieve("noor", "Is Noor a vet?", top_k=3, include_messages=True)
     assert [hit.text for hit in vet.entries] == ["Noor is a vet at a small animal clinic."]
+
+
+async def test_the_users_name_elsewhere_than_at_a_facts_head_is_a_word_it_shares(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The user's name heads every fact written under it, and there it tells none apart;
+    written elsewhere in a fact it is a word of the fact like any other: for a user called
+    Austin, "Austin works at a bank in Austin." shares "Austin" the city with "What do you
+    know about Austin?" and stays listed first, where the message sharing "know" had it
+    left out."""
+    memory = await _offline(make_memory, embedder=shared_default(), config=_EVERY_VECTOR)
+    turns = [
+        ("My sister lives in Austin.", "Nice."),
+        ("I work at a bank in Austin.", "Cool."),
+        ("I know a great taco place, you should really know it, everyone I know goes.", "Yum."),
+        ("I like my coffee black.", "Ok."),
+    ]
+    for i, (said, reply) in enumerate(turns):
+        at = T0 + timedelta(minutes=i)
+        await memory.add_exchange("austin", said, reply, sent_at=at, user_name="Austin")
+    await memory.flush("austin")
+
+    question = "What do you know about Austin?"
+    result = await memory.retrieve("austin", question, top_k=3, include_messages=True)
+    assert [hit.text for hit in result.entries][:1] == ["Austin works at a bank in Austin."]
+
+
+@pytest.mark.parametrize("embedder", [True, False], ids=["embedder", "lexical"])
+async def test_a_failed_read_of_the_users_name_is_logged_and_the_search_goes_on_without_it(
+    make_memory: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    embedder: bool,
+) -> None:
+    """The name only refines a search (:meth:`Retriever._name_asked`): a read of it the
+    database fails (here a statement timeout) is logged naming the user and the cause, and
+    the search still answers, as for a user who never gave a name."""
+    memory = await _offline(
+        make_memory, embedder=shared_default() if embedder else False, config=_EVERY_VECTOR
+    )
+    await memory.add_exchange("noor", "I live in Oslo.", "Nice.", sent_at=T0, user_name="Noor")
+    await memory.flush("noor")
+
+    def timed_out(self: object, connection: object, user_id: str) -> str | None:
+        cause = Exception("canceling statement due to statement timeout")
+        raise sqlalchemy.exc.OperationalError("SELECT name", {}, cause)
+
+    monkeypatch.setattr(projections.reader.ProjectionReader, "speaker", timed_out)
+    caplog.set_level(logging.WARNING, logger="memvee")
+    result = await memory.retrieve("noor", "Where does Noor live?", include_messages=True)
+
+    assert [hit.text for hit in result.entries] == ["Noor lives in Oslo."]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'noor'" in line and "statement timeout" in line for line in warned), warned
 
 
 class _QueryRecorder(ConceptEmbedder):
