@@ -36,7 +36,7 @@ from projections.search import text_stems
 from projections.terms import query_terms
 from projections.vectors import ContainedEmbedder
 
-__all__ = ["Miss", "cause", "main", "misses"]
+__all__ = ["Miss", "cause", "first_item", "main", "misses"]
 
 _SHORT_WORDS = 8
 """A message of at most this many words is "short": it holds few words beside the query's."""
@@ -67,7 +67,10 @@ def cause(
     """The kind of item that came first, as one label: an entry or a message stating a
     value since changed (``stale``); a fact listed before a message that outscores it, or
     another fact; a user's message that only asks; an assistant's reply; a short message
-    sharing a word of the query, or a longer one; or a message found by meaning alone."""
+    sharing a word of the query, or a longer one; a message found by meaning alone; or
+    nothing returned at all (every item under the floor, or none found)."""
+    if not result.entries and not result.messages:
+        return "nothing returned"
     if result.entries:
         if first_position in stale:
             return "stale entry (value never replaced)"
@@ -89,6 +92,17 @@ def cause(
     if len(text.split()) <= _SHORT_WORDS:
         return "short message sharing a query word"
     return "message sharing a query word"
+
+
+def first_item(result: RetrievalResult) -> tuple[str, str, float]:
+    """The kind, text and score of the item ``result`` lists first (facts come before
+    messages); ``("nothing", "", 0.0)`` when it returned none."""
+    if result.entries:
+        return "entry", result.entries[0].text, result.entries[0].score
+    if result.messages:
+        hit = result.messages[0]
+        return f"{hit.message.role} message", hit.message.content, hit.score
+    return "nothing", "", 0.0
 
 
 async def _misses(
@@ -126,15 +140,10 @@ async def _misses(
                 answer_id = written.user_message_ids[question.answer]
                 rank = next((i for i, ids in enumerate(ranked, 1) if answer_id in ids), None)
                 ranks.append(rank)
-                if rank == 1 or not ranked:
+                if rank == 1:
                     continue
-                first = next((by_id[i] for i in ranked[0] if i in by_id), None)
-                if result.entries:
-                    kind, text, score = "entry", result.entries[0].text, result.entries[0].score
-                else:
-                    hit = result.messages[0]
-                    kind = f"{hit.message.role} message"
-                    text, score = hit.message.content, hit.score
+                first = next((by_id[i] for i in ranked[0] if i in by_id), None) if ranked else None
+                kind, text, score = first_item(result)
                 found.append(
                     Miss(
                         conversation.id,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bench.misses import cause
+from bench.misses import cause, first_item
 from memvee import RetrievalResult, RetrievedEntry, RetrievedMessage
 from projections import KnowledgeEntry, Message
 
@@ -60,3 +60,13 @@ def test_a_first_message_is_labelled_by_speaker_question_and_shared_words() -> N
         role = "assistant" if label == "assistant reply" else "user"
         result = _result(query, messages=[_message(text, role)])
         assert cause(result, (0, 0), [], query) == label, text
+
+
+def test_a_question_that_returned_nothing_is_a_miss_of_its_own_cause() -> None:
+    """A result with no item is a miss like any other (it was left out of the list and
+    the count): nothing came first, and its cause says so."""
+    empty = _result("which kayak do I paddle?")
+    assert cause(empty, None, [], "which kayak do I paddle?") == "nothing returned"
+    assert first_item(empty) == ("nothing", "", 0.0)
+    first = _result("q", messages=[_message("My kayak is red.", score=0.7)])
+    assert first_item(first) == ("user message", "My kayak is red.", 0.7)
