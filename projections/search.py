@@ -465,12 +465,17 @@ class SearchIndex:
         if marks:
             # The owner column holds its owner's token whether marked or not; the mark is
             # read off the entry's knowledge row as written (none once the row is gone).
+            # A row whose mark stays (an ended entry removed or promoted) is left alone: an
+            # FTS5 update deletes and inserts every token of the row.
             knowledge_rows = self.tables.knowledge.name
+            mark = (
+                f"coalesce((SELECT {_CURRENT_MARK_SQL} FROM {knowledge_rows} "
+                "WHERE entry_id = ?1 AND valid_until IS NULL), '')"
+            )
             cursor.executemany(
-                f"UPDATE {k} SET owner = substr(owner, 1, 32) || coalesce(("
-                f"SELECT {_CURRENT_MARK_SQL} FROM {knowledge_rows} "
-                "WHERE entry_id = ?1 AND valid_until IS NULL), '') "
-                f"WHERE rowid IN (SELECT id FROM {k}_content WHERE c2 = ?1)",
+                f"UPDATE {k} SET owner = substr(owner, 1, 32) || {mark} "
+                f"WHERE rowid IN (SELECT id FROM {k}_content "
+                f"WHERE c2 = ?1 AND substr(c0, 33) IS NOT {mark})",
                 [(id_param(str(key)),) for key in marks],
             )
 

@@ -568,3 +568,71 @@ def test_a_promoted_versions_entries_are_searched_as_the_live_ones(store: EventS
     assert [text for _, text, _ in shown] == again[1:]
     assert left == []
     assert verify(store) == []
+
+
+def _promotion_index_steps(store: EventStore, user_id: str, changes: int) -> int:
+    """The SQLite steps the index work of promoting ``user_id``'s re-extraction takes:
+    20 messages, each extracted live and again into "v2" as a fact changed ``changes``
+    times in its answer (one current entry and ``changes`` ended ones of each version)."""
+    projector = Projector(ProjectionTables())
+    log = UserLog.register(user_id)
+    said: list[tuple[str, datetime]] = []
+    for day in range(20):
+        at = T0 + timedelta(days=day)
+        message = log.add_message("user", "I moved", at, 1000)
+        assert log.request_processing(f"{user_id}-t{day}", "manual")
+        log.start_next()
+        batch = [BatchMessage(message, "user", "I moved", at)]
+        log.record_knowledge(f"{user_id}-t{day}", _moves(message, day, changes), "x", batch=batch)
+        said.append((message, at))
+    for day, (message, at) in enumerate(said):
+        batch = [BatchMessage(message, "user", "I moved", at)]
+        log.record_reextraction("v2", [message], _moves(message, day, changes), "x", batch=batch)
+    history = list(log.collect_events())
+    store.append([history], projector.apply)
+    log.promote("v2", history)
+    steps = 0
+    write = projector.search.write
+
+    def counted_write(connection: Connection, *args: object, **kwargs: object) -> None:
+        nonlocal steps
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        driver = connection.connection.dbapi_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.set_progress_handler(count, 1)
+        try:
+            write(connection, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            driver.set_progress_handler(None, 1)
+
+    projector.search.write = counted_write  # type: ignore[method-assign]
+    store.append([list(log.collect_events())], projector.apply)
+    assert verify(store) == []
+    return steps
+
+
+def _moves(message: str, day: int, changes: int) -> list[ExtractedFact]:
+    """A fact of ``day`` stated, then changed ``changes`` times in the same answer."""
+    return [ExtractedFact(f"User lives in town{day}x0.", (message,))] + [
+        ExtractedFact(f"User lives in town{day}x{i}.", (message,), "update", target_fact=i - 1)
+        for i in range(1, changes + 1)
+    ]
+
+
+def test_a_promotions_index_work_grows_with_the_entries_whose_mark_changes_not_the_ended_ones(
+    store: EventStore,
+) -> None:
+    """A promotion marks again in the index only the entries whose mark changes (the
+    replaced live ones current until then, the promoted ones current now): an ended
+    entry, removed or promoted, keeps its bare owner token. Rewriting each (an FTS5 update
+    deletes and inserts every token of the row) made a promotion's index work grow with
+    every entry of both versions: ten ended ones a fact cost 11 times the steps (now 3,
+    each ended entry's mark read and left)."""
+    few = _promotion_index_steps(store, "few", 0)
+    many = _promotion_index_steps(store, "many", 10)
+    assert many < 4 * few, (few, many)
