@@ -183,7 +183,7 @@ class LexicalRanker:
         self._pg_where = {dated: (*live, *valid[dated]) for dated in (False, True)}
         self._pg_among_newest = k.c.entry_id.in_(bindparam("newest", expanding=True))
         self._pg_entries = {
-            (dated, added): _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc(), added)
+            (dated, added): _pg_select(k, (*live, *valid[dated]), _newest_first(k), added)
             for dated in (False, True)
             for added in (False, True)
         }
@@ -191,7 +191,7 @@ class LexicalRanker:
             (dated, added): _pg_select(
                 m,
                 (m.c.log_id == bindparam("log_id"), *((m.c.sent_at <= at,) if dated else ())),
-                m.c.seq.desc(),
+                (m.c.seq.desc(),),
                 added,
             )
             for dated in (False, True)
@@ -258,7 +258,9 @@ class LexicalRanker:
                 words,
                 newest,
             )
-            ranked = sorted(_tiered(found), key=lambda hit: (-hit[1], -hit[0]["valid_from"]))
+            ranked = sorted(
+                _tiered(found), key=lambda hit: (-hit[1], -hit[0]["version"], -hit[0]["ordinal"])
+            )
             return [(model(row), score) for row, score in ranked[:limit]]
         queries = pg_queries(own, extra_words)
         if not queries:
@@ -638,10 +640,18 @@ class _SqliteSearch:
         return hits
 
 
+def _newest_first(knowledge: Table) -> tuple[ColumnElement[Any], ...]:
+    """The order of ``knowledge`` rows scored alike, newest first: by the log version that
+    wrote them, then their place in it, as SQLite's index numbers its rows (and as
+    :meth:`LexicalRanker.entries` sorts them there), so a limit that cuts a tie keeps the
+    same rows on both backends. Their ``valid_from`` does not: a batch's facts share it."""
+    return (knowledge.c.version.desc(), knowledge.c.ordinal.desc())
+
+
 def _pg_select(
     table: Table,
     where: tuple[ColumnElement[bool], ...],
-    tiebreak: ColumnElement[Any],
+    tiebreak: tuple[ColumnElement[Any], ...],
     added: bool,
 ) -> Select[Any]:
     """``table``'s rows matching ``query``, a ``tsquery`` literal of ORed words
@@ -661,7 +671,7 @@ def _pg_select(
     return (
         select(table, score, *((mine,) if added else ()))
         .where(vector.op("@@")(terms.op("&&")(owner)), *where)
-        .order_by(*order, tiebreak)
+        .order_by(*order, *tiebreak)
         .limit(bindparam("limit"))
     )
 

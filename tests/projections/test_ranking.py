@@ -636,3 +636,33 @@ def test_a_promotions_index_work_grows_with_the_entries_whose_mark_changes_not_t
     few = _promotion_index_steps(store, "few", 0)
     many = _promotion_index_steps(store, "many", 10)
     assert many < 4 * few, (few, many)
+
+
+def test_entries_scored_alike_are_listed_newest_written_first_alike_on_both_backends(
+    db_url: str,
+) -> None:
+    """Entries scored alike, ten of each batch sharing its day, are listed newest written
+    first (the batch's last fact first), and a limit cutting them keeps the same ones on
+    both backends, searched or shown beside a batch: SQLite ordered them by day and then
+    as its index gave them, PostgreSQL by day alone, and the two kept different ones."""
+    store = EventStore(db_url)
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    log = UserLog.register("ann")
+    for day in range(3):
+        at = T0 + timedelta(days=day)
+        message = log.add_message("user", "hello", at, 1000)
+        assert log.request_processing(f"t{day}", "manual")
+        log.start_next()
+        facts = [ExtractedFact(f"User likes thing{day}x{i}.", (message,)) for i in range(10)]
+        batch = [BatchMessage(message, "user", "hello", at)]
+        log.record_knowledge(f"t{day}", facts, "x", batch=batch)
+    store.append([list(log.collect_events())], projector.apply)
+    ranker = LexicalRanker(projector.tables)
+    with store.engine.connect() as connection:
+        found = [entry.text for entry, _ in ranker.entries(connection, "ann", ["likes"], 15)]
+        shown = [text for _, text, _ in ranker.related(connection, "ann", ["I like it"], 15, 10**6)]
+    newest = [f"User likes thing{day}x{i}." for day in (2, 1) for i in range(9, -1, -1)][:15]
+    assert found == shown == newest
+    store.close()
