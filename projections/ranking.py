@@ -23,8 +23,10 @@ from sqlalchemy import (
     CompoundSelect,
     Connection,
     Select,
+    String,
     Table,
     Text,
+    any_,
     bindparam,
     cast,
     func,
@@ -33,7 +35,7 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import TSQUERY
+from sqlalchemy.dialects.postgresql import ARRAY, TSQUERY
 from sqlalchemy.sql.util import ClauseAdapter
 
 from events import user_log_id
@@ -181,7 +183,9 @@ class LexicalRanker:
             dated: (*live, *(() if dated else valid[False])) for dated in (False, True)
         }
         self._pg_where = {dated: (*live, *valid[dated]) for dated in (False, True)}
-        self._pg_among_newest = k.c.entry_id.in_(bindparam("newest", expanding=True))
+        # One array parameter, not one per id: a window of many words holds thousands, and
+        # PostgreSQL parsed a list of 20,000 in 230-290 ms, where an array took 80-100 ms.
+        self._pg_among_newest = k.c.entry_id == any_(bindparam("newest", type_=ARRAY(String())))
         self._pg_entries = {
             (dated, added): _pg_select(k, (*live, *valid[dated]), _newest_first(k), added)
             for dated in (False, True)
