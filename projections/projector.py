@@ -35,7 +35,7 @@ from projections.sink import Derived, Joined, TableSink, driver_cursor, is_psyco
 from projections.tables import ProjectionTables
 from projections.vectors import hold_off_vector_writes
 
-__all__ = ["SCHEMA_VERSION", "FoldState", "Folded", "Projector"]
+__all__ = ["POSTGRES_SCHEMA_VERSION", "SCHEMA_VERSION", "FoldState", "Folded", "Projector"]
 
 _POSITION = "projections"
 _REBUILDING = "rebuilding"
@@ -51,8 +51,21 @@ higher number, and would otherwise lay a newer database out again in its own lay
 a memvee from before that table (14 or lower) refuses a database laid out with it, rather
 than serving a user whose log was left unfolded as one with no rows. 16 marks the
 citations of a message that said a known entry again (``repeated``). 17 marks each
-knowledge version's current entries in the index apart, so that a version's newest rows
-of a word are its own (see :func:`projections.search.current_token`)."""
+knowledge version's current entries in SQLite's index apart, so that a version's newest
+rows of a word are its own (see :func:`projections.search.current_token`); an index of 16
+is marked so in place at the open (:meth:`Projector.create`), and PostgreSQL, which
+stores no mark, stays at 16 (:data:`POSTGRES_SCHEMA_VERSION`)."""
+
+POSTGRES_SCHEMA_VERSION = 16
+"""The layout of the projection tables on PostgreSQL: :data:`SCHEMA_VERSION` but for a
+change of SQLite's index alone (17), which left nothing stored on PostgreSQL otherwise.
+Kept there, a database upgrades without a refold, and a memvee of the layout before still
+opens it (in a rolling upgrade, say). Bump it with :data:`SCHEMA_VERSION` for any change
+that PostgreSQL's tables see."""
+
+_MARKED_IN_PLACE = 16
+"""The SQLite layout whose index :meth:`Projector.create` marks by knowledge version in
+place (:meth:`projections.search.SearchIndex.mark_versions`), rather than refolding."""
 
 VECTORS_SINCE = 10
 """The first schema version whose embeddings' ids are stored as now (16 bytes on SQLite,
@@ -160,6 +173,7 @@ class Projector:
     def _create(self, connection: Connection, *, rebuilding: bool, drop: bool = False) -> bool:
         position = self.tables.position
         generation = 0
+        self._mark_versions_in_place(connection)
         # A rebuild asked for makes the tables again in this layout, whatever older one
         # theirs is (a newer memvee's is refused).
         current = self.layout_current(connection)
@@ -176,7 +190,7 @@ class Projector:
                 position.insert(),
                 [
                     {"name": _REBUILDING if rebuilding else _POSITION, "position": 0},
-                    {"name": _SCHEMA, "position": _layout()},
+                    {"name": _SCHEMA, "position": _layout(connection)},
                     {"name": MESSAGES_INDEXED, "position": 0},
                     {"name": _GENERATION, "position": generation},
                 ],
@@ -187,6 +201,21 @@ class Projector:
                 index.create(connection, checkfirst=True)
         self.search.create(connection)
         return fresh
+
+    def _mark_versions_in_place(self, connection: Connection) -> None:
+        """Bring SQLite projections of layout :data:`_MARKED_IN_PLACE` (this installation's
+        words) to this layout in the caller's transaction: its one change is the mark of
+        other knowledge versions' current entries in the index, so the index is marked
+        again in one statement where a refold of the whole log took seconds to minutes."""
+        if connection.dialect.name != "sqlite":
+            return
+        if self._stored_layout(connection) != _sqlite_layout(_MARKED_IN_PLACE):
+            return
+        self.search.mark_versions(connection)
+        table = self.tables.position
+        connection.execute(
+            table.update().where(table.c.name == _SCHEMA).values(position=_layout(connection))
+        )
 
     def _vectors_current(self, connection: Connection) -> bool:
         """Whether the stored embeddings are in this layout's form: their table has its
@@ -244,7 +273,7 @@ class Projector:
             table.c.name.in_((_POSITION, _REBUILDING, _SCHEMA))
         )
         rows: dict[str, int] = {name: position for name, position in connection.execute(query)}
-        _refuse_newer(rows.get(_SCHEMA))
+        _refuse_newer(rows.get(_SCHEMA), connection)
         if _REBUILDING in rows:
             return FoldState(int(rows[_REBUILDING]), rebuilding=True)
         return FoldState(int(rows.get(_POSITION) or 0), rebuilding=False)
@@ -255,14 +284,14 @@ class Projector:
         Tables of a newer memvee's layout are a :class:`StorageError`: made again in this
         older layout, they would be made again in theirs by the newer one, back and forth.
         """
-        return self._stored_layout(connection) == _layout()
+        return self._stored_layout(connection) == _layout(connection)
 
     def layout_older(self, connection: Connection) -> bool:
         """Whether the tables exist in an older memvee's layout: the next open refolds
         them, and until then no query of this version may run against them (a newer
         memvee's is a :class:`StorageError`, as for :meth:`layout_current`)."""
         layout = self._stored_layout(connection)
-        return layout is not None and layout != _layout()
+        return layout is not None and layout != _layout(connection)
 
     def _stored_layout(self, connection: Connection) -> int | None:
         """The layout the tables were made in; ``None`` when there are none. A newer
@@ -273,7 +302,7 @@ class Projector:
         layout = connection.execute(
             select(table.c.position).where(table.c.name == _SCHEMA)
         ).scalar()
-        _refuse_newer(layout)
+        _refuse_newer(layout, connection)
         return None if layout is None else int(layout)
 
     def generation(self, connection: Connection) -> int:
@@ -593,16 +622,34 @@ def _name(index: Index) -> str:
     return str(index.name)
 
 
-def _refuse_newer(layout: int | None) -> None:
-    """Raise :class:`StorageError` if ``layout`` (a stored one) is a newer memvee's."""
-    if layout is not None and int(layout) >> 20 > SCHEMA_VERSION:
+def _refuse_newer(layout: int | None, connection: Connection) -> None:
+    """Raise :class:`StorageError` if ``layout`` (a stored one) is a newer memvee's, by the
+    schema version of ``connection``'s backend."""
+    schema = _schema_version(connection)
+    if layout is not None and int(layout) >> 20 > schema:
         raise StorageError(
             f"the projections are of a newer memvee's layout ({int(layout) >> 20}; this "
-            f"memvee reads {SCHEMA_VERSION} and older): upgrade memvee to use this database"
+            f"memvee reads {schema} and older): upgrade memvee to use this database"
         )
 
 
-def _layout() -> int:
-    """What the stored layout must be: the schema version, and the words the index would
-    hold (another stemmer refolds, so a message is always unindexed as it was indexed)."""
-    return SCHEMA_VERSION << 20 | search_fingerprint() & 0xFFFFF  # fits a 32-bit column
+def _schema_version(connection: Connection) -> int:
+    """The schema version of the projection tables on ``connection``'s backend."""
+    return SCHEMA_VERSION if connection.dialect.name == "sqlite" else POSTGRES_SCHEMA_VERSION
+
+
+def _layout(connection: Connection) -> int:
+    """What the stored layout must be on ``connection``'s database: the schema version,
+    and the words the index would hold (another stemmer refolds, so a message is always
+    unindexed as it was indexed). PostgreSQL's is of :data:`POSTGRES_SCHEMA_VERSION`."""
+    if connection.dialect.name == "sqlite":
+        return _sqlite_layout(SCHEMA_VERSION)
+    fingerprint = search_fingerprint(versions_marked=False)  # no mark stored
+    return POSTGRES_SCHEMA_VERSION << 20 | fingerprint & 0xFFFFF  # fits a 32-bit column
+
+
+def _sqlite_layout(schema: int) -> int:
+    """The stored layout of SQLite projections of ``schema`` (16 or later) and this
+    installation's words: from 17 on, the index marks knowledge versions apart."""
+    fingerprint = search_fingerprint(versions_marked=schema >= 17)
+    return schema << 20 | fingerprint & 0xFFFFF

@@ -479,6 +479,23 @@ class SearchIndex:
                 [(id_param(str(key)),) for key in marks],
             )
 
+    def mark_versions(self, connection: Connection) -> int:
+        """Mark apart, in SQLite's index of an earlier layout (16), the current entries of
+        every knowledge version but live, which it marked as live ones
+        (:func:`current_token`): the one change of layout 17, made in place in the
+        caller's transaction, where a refold of the whole log took seconds to minutes.
+        Returns the index rows marked."""
+        k, knowledge = self.knowledge_fts.name, self.tables.knowledge.name
+        return int(
+            connection.exec_driver_sql(
+                f"UPDATE {k} SET owner = substr(owner, 1, 32) || (SELECT {_CURRENT_MARK_SQL} "
+                f"FROM {knowledge} WHERE entry_id = {k}.item_id) "
+                f"WHERE rowid IN (SELECT f.id FROM {k}_content AS f JOIN {knowledge} AS n "
+                "ON n.entry_id = f.c2 WHERE n.valid_until IS NULL "
+                f"AND n.knowledge_version <> '{LIVE_KNOWLEDGE}')"
+            ).rowcount
+        )
+
     def unindexed(self, connection: Connection) -> bool:
         """Whether some message waits to be indexed (SQLite; a quick look, no lock)."""
         if not _is_sqlite(connection):
@@ -681,20 +698,25 @@ def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (None if row[0] is None else id_text(row[0]), *row[1:])
 
 
-def search_fingerprint() -> int:
+def search_fingerprint(*, versions_marked: bool = True) -> int:
     """A number that changes when indexed words would: the stemmer's version, the Unicode
     version folding follows (both the installation's) and :func:`indexed_layout` (stored
-    with the schema; a change refolds the projections)."""
+    with the schema; a change refolds the projections). ``versions_marked`` as there."""
     unicode = unicodedata.unidata_version
-    return zlib.crc32(f"{Stemmer.version()}|unicode {unicode}|{indexed_layout()}".encode())
+    layout = indexed_layout(versions_marked=versions_marked)
+    return zlib.crc32(f"{Stemmer.version()}|unicode {unicode}|{layout}".encode())
 
 
-def indexed_layout() -> str:
+def indexed_layout(*, versions_marked: bool = True) -> str:
     """How memvee cuts, folds and indexes words, named (the stemmer's and Unicode's
     versions, which the installation brings, aside): a change to it comes with a new
     schema version, so that an older memvee refuses the database rather than laying it
-    out again in its own way."""
-    return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes|current marked by version"
+    out again in its own way. Without ``versions_marked``, the layout from before
+    SQLite's index marked each knowledge version's current entries apart (schema 16),
+    which PostgreSQL's keeps: it stores no mark (see
+    :data:`projections.projector.POSTGRES_SCHEMA_VERSION`)."""
+    marked = "current marked by version" if versions_marked else "current marked"
+    return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes|{marked}"
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:

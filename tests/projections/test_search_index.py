@@ -9,6 +9,7 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
@@ -20,7 +21,16 @@ import Stemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import EventStore, UserLog, sqlite_url, user_log_id
+from events import (
+    BatchMessage,
+    EventStore,
+    ExtractedFact,
+    StorageError,
+    UserLog,
+    sqlite_url,
+    user_log_id,
+)
+from events.user_log import LIVE_KNOWLEDGE
 from memvee._retrieval import Retriever
 from memvee.extractors import OfflineExtractor
 from projections import (
@@ -32,7 +42,9 @@ from projections import (
     verify,
 )
 from projections.columns import id_text
+from projections.projector import POSTGRES_SCHEMA_VERSION
 from projections.ranking import fts_match
+from projections.rebuild import bring_up_to_date
 from projections.search import (
     _TOKENIZER,
     LONGEST_WORD_BYTES,
@@ -46,6 +58,8 @@ from projections.search import (
     pg_vector,
     word_pieces,
 )
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 KEPT_APART = [
     ("careful", "career"),
@@ -706,7 +720,8 @@ async def test_an_index_of_an_earlier_word_cutting_is_rebuilt_when_the_memory_op
     await memory.add_exchange("ann", "The ferry across İstanbul was late", "ok")
     await memory.close()
     fingerprint = zlib.crc32(f"{Stemmer.version()}|{_TOKENIZER}|{_EARLIER_WORDS_LAYOUT}".encode())
-    earlier = SCHEMA_VERSION << 20 | fingerprint & 0xFFFFF
+    schema = SCHEMA_VERSION if db_url.startswith("sqlite") else POSTGRES_SCHEMA_VERSION
+    earlier = schema << 20 | fingerprint & 0xFFFFF
     tables = ProjectionTables()
     index = SearchIndex(tables)
     store = EventStore(db_url)
@@ -724,3 +739,128 @@ async def test_an_index_of_an_earlier_word_cutting_is_rebuilt_when_the_memory_op
     reopened = await make_memory(extractor=OfflineExtractor())
     result = await reopened.retrieve("ann", "İstanbul", include_messages=True, top_k=1)
     assert [m.message.content for m in result.messages] == ["The ferry across İstanbul was late"]
+
+
+def _layout_16() -> int:
+    """The layout memvee of schema 16 stored and compares for equality (this
+    installation's stemmer and Unicode): its index marked every version's current entries
+    alike."""
+    marked_alike = next(k for k, v in SCHEMA_OF_INDEXED_LAYOUT.items() if v == 15)
+    words = f"{Stemmer.version()}|unicode {unicodedata.unidata_version}|{marked_alike}"
+    return 16 << 20 | zlib.crc32(words.encode()) & 0xFFFFF
+
+
+def _learn_live_and_again(store: EventStore, projector: Projector) -> None:
+    """Ann's facts of three messages, live, then re-extracted into "v2" (not promoted), one
+    of them changed in each answer (an ended entry of each version)."""
+    log = UserLog.register("ann")
+    said = []
+    for day in range(3):
+        at = T0 + timedelta(days=day)
+        message = log.add_message("user", "hello", at, 1000)
+        assert log.request_processing(f"t{day}", "manual")
+        log.start_next()
+        facts = [
+            ExtractedFact(f"User likes tea{day}.", (message,)),
+            ExtractedFact(f"User likes cake{day}.", (message,), "update", target_fact=0),
+        ]
+        log.record_knowledge(f"t{day}", facts, "x", batch=[BatchMessage(message, "user", "hi", at)])
+        said.append((message, at))
+    for day, (message, at) in enumerate(said):
+        facts = [
+            ExtractedFact(f"User likes jazz{day}.", (message,)),
+            ExtractedFact(f"User likes opera{day}.", (message,), "update", target_fact=0),
+        ]
+        batch = [BatchMessage(message, "user", "hi", at)]
+        log.record_reextraction("v2", [message], facts, "x", batch=batch)
+    store.append([list(log.collect_events())], projector.apply)
+
+
+def _shown(store: EventStore, tables: ProjectionTables) -> dict[str, list[str]]:
+    """What a batch of each knowledge version is shown beside it, and a search finds."""
+    ranker = LexicalRanker(tables)
+    with store.engine.connect() as connection:
+        shown = {
+            version: [
+                t for _, t, _ in ranker.related(connection, "ann", ["I like"], 9, 99, version)
+            ]
+            for version in (LIVE_KNOWLEDGE, "v2")
+        }
+        found = ranker.entries(connection, "ann", ["likes"], 9, version="v2")
+    return {**shown, "found": sorted(entry.text for entry, _ in found)}
+
+
+def test_a_sqlite_index_of_layout_16_is_marked_by_version_in_place_when_opened(
+    tmp_path: Path,
+) -> None:
+    """A SQLite database of layout 16, whose index marked a re-extraction's current
+    entries as live ones, opens folding no event: its index is marked by version in place,
+    and searches as a fresh one. The layout's change refolded the whole log (101,975
+    events: 12.5 s, writers held off)."""
+    store = EventStore(sqlite_url(tmp_path / "m.db"))
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with store.transaction() as connection:
+        projector.create(connection)
+    _learn_live_and_again(store, projector)
+    fresh = _shown(store, tables)
+    k = projector.search.knowledge_fts.name
+    with store.transaction() as connection:  # as memvee of layout 16 left it
+        connection.exec_driver_sql(
+            f"UPDATE {k} SET owner = substr(owner, 1, 32) || 'now' WHERE owner LIKE '%now_%'"
+        )
+        connection.exec_driver_sql(
+            f"UPDATE {tables.position.name} SET position = {_layout_16()} WHERE name = 'schema'"
+        )
+    assert bring_up_to_date(store, tables) == 0
+    assert _shown(store, tables) == fresh
+    assert fresh["v2"] == ["User likes opera2.", "User likes opera1.", "User likes opera0."]
+    with store.engine.connect() as connection:
+        assert projector.layout_current(connection)
+    assert verify(store) == []
+    store.close()
+
+
+def test_postgresql_projections_keep_the_layout_a_memvee_of_16_opens(db_url: str) -> None:
+    """PostgreSQL stores no mark of a current entry, so layout 17 (SQLite's index alone)
+    leaves its projections at 16: an older memvee still opens them in a rolling upgrade,
+    and this one opens them folding no event. Laid out as 17, they were refolded whole,
+    and locked memvee 16 out."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's layout")
+    store = EventStore(db_url)
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with store.transaction() as connection:
+        projector.create(connection)
+    _learn_live_and_again(store, projector)
+    fresh = _shown(store, tables)
+    with store.engine.connect() as connection:
+        stored = connection.exec_driver_sql(
+            f"SELECT position FROM {tables.position.name} WHERE name = 'schema'"
+        ).scalar()
+    assert stored == _layout_16()
+    assert bring_up_to_date(store, tables) == 0
+    assert _shown(store, tables) == fresh
+    store.close()
+
+
+def test_postgresql_projections_of_a_later_postgresql_layout_are_refused_not_laid_out_again(
+    db_url: str,
+) -> None:
+    """PostgreSQL's layout number is its own (16 while SQLite's is 17): one above it is a
+    newer memvee's, refused as on SQLite, not taken for an older one and refolded back
+    and forth with that memvee."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's layout")
+    store = EventStore(db_url)
+    tables = ProjectionTables()
+    with store.transaction() as connection:
+        Projector(tables).create(connection)
+        newer = (POSTGRES_SCHEMA_VERSION + 1) << 20
+        connection.exec_driver_sql(
+            f"UPDATE {tables.position.name} SET position = {newer} WHERE name = 'schema'"
+        )
+    with pytest.raises(StorageError, match="newer memvee's layout"):
+        bring_up_to_date(store, tables)
+    store.close()
