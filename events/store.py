@@ -2049,25 +2049,36 @@ class EventStore:
         # the whole state, and its encoding holds the GIL.
         return StoredEvent(*self._encoder(Snapshot.take(user_log)))
 
-    def take_snapshot(self, user_log: UserLog) -> None:
+    def take_snapshot(self, user_log: UserLog) -> bool:
         """Store a snapshot of ``user_log`` at its (committed) version, in place of the
-        log's older ones."""
+        log's older ones, unless the log was forgotten or begun again since it was read
+        (:meth:`_holds_as_loaded`). Returns whether it was stored."""
         snapshot = self.snapshot_of(user_log)
-        if snapshot is not None:
-            with self.transaction() as connection:
-                self._insert_snapshots(connection, [snapshot])
+        if snapshot is None:
+            return False
+        with self.transaction() as connection:
+            if not self._holds_as_loaded(connection, user_log):
+                return False
+            self._insert_snapshots(connection, [snapshot])
+        return True
 
-    def replace_snapshot(self, user_log: UserLog) -> None:
+    def replace_snapshot(self, user_log: UserLog) -> bool:
         """Store a snapshot of ``user_log`` at its (committed) version in place of the
         log's snapshots at that version and older: one passed over at a load (damaged, or
         older than the state) may hold that very version, and would otherwise stay.
 
-        Raises :class:`StorageError` when the database refuses it."""
+        The log was read outside this transaction: it is stored only if the log still
+        holds that version and begins as loaded (:meth:`_holds_as_loaded`), so an erasure
+        committed since (another process's) never gets the erased state back as a snapshot.
+        Returns whether it was stored. Raises :class:`StorageError` when the database
+        refuses it."""
         snapshot = self.snapshot_of(user_log)
         if snapshot is None:
-            return
+            return False
         try:
             with self.transaction() as connection:
+                if not self._holds_as_loaded(connection, user_log):
+                    return False
                 connection.execute(
                     self._prune_snapshots,
                     {"b_log": snapshot.originator_id, "b_version": snapshot.originator_version + 1},
@@ -2078,6 +2089,35 @@ class EventStore:
                 f"could not store a snapshot of {user_log.user_id!r} in {self.safe_url}: "
                 f"{first_line(error)}"
             ) from error
+        return True
+
+    def _holds_as_loaded(self, connection: Connection, user_log: UserLog) -> bool:
+        """Whether the log still holds an event at ``user_log``'s version and begins as it
+        did when read (the append's check of its origin, :meth:`_check_origins`): a log
+        forgotten since, or begun again, gets no snapshot of the state read (told at info).
+
+        Read in ``connection``'s transaction once it holds erasures off until it ends: on
+        SQLite the write lock; on PostgreSQL a lock on the events that an erasure's
+        (:meth:`lock_writers`) waits for, and that waits for one under way, taken before
+        the statements that read, so they see its deletions."""
+        if self.is_sqlite:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.execute(text(f"LOCK TABLE {self._events.name} IN ROW SHARE MODE"))
+        try:
+            self._check_origins(connection, {user_log.id: user_log.created_on})
+        except ConflictError:
+            held = False
+        else:
+            held = self.holds(connection, user_log.user_id, user_log.version)
+        if not held:
+            log.info(
+                "no snapshot of %r stored at version %d: the log was forgotten (or begun "
+                "again) since it was read",
+                user_log.user_id,
+                user_log.version,
+            )
+        return held
 
     def _refuse_another_file(self) -> None:
         """Raise :class:`StorageError` once the SQLite file this store opened was deleted

@@ -143,3 +143,63 @@ async def test_a_log_whose_snapshot_is_older_than_its_state_is_replayed_whole_on
         await reopened.close()
     replays = [r for r in caplog.records if "older than its state" in r.getMessage()]
     assert len(replays) == 1
+
+
+async def _with_a_passed_over_snapshot(make_memory: Any, extractor: Any, user: str) -> None:
+    """Leave ``user`` with a refused run and a latest snapshot in the form before the log
+    kept how its last run ended: the next load replays the log and snapshots it again."""
+    from eventsourcing.domain import Snapshot
+    from eventsourcing.persistence import StoredEvent
+
+    from events.errors import ExtractorAccessRefusedError
+    from memvee import ProcessingError
+
+    extractor.fault = lambda _: ExtractorAccessRefusedError("HTTP 401: invalid x-api-key")
+    memory: Memory = await make_memory(config={"auto_process": True, "batch_threshold": 10})
+    await memory.add_exchange(user, "My locker code is zebra-4471.", "Noted.")
+    with pytest.raises(ProcessingError):
+        await memory.process(user)
+    store = memory._engine.store
+    old_form = Snapshot.take(await asyncio.to_thread(store.load, user))
+    for told_by_the_events_only in ("failed_last", "refused_last"):
+        del old_form.state[told_by_the_events_only]
+    await asyncio.to_thread(store.append, [], None, [StoredEvent(*store._encoder(old_form))])
+    await memory.close()
+    extractor.fault = None
+
+
+async def test_a_user_forgotten_elsewhere_just_before_the_snapshot_after_a_replay_stays_forgotten(
+    make_memory: Any, extractor: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another Memory forgets the user between the load that replays their log and the
+    snapshot its owner stores after it: no snapshot of the erased state is stored, so the
+    user stays forgotten (no log to load, no secret in a snapshot), and a reopen and a
+    later write to the user work. The snapshot used to bring the erased state back with
+    no event under it: every later write to the user conflicted, and reopens hung."""
+    await _with_a_passed_over_snapshot(make_memory, extractor, "ann")
+    settings = {"auto_process": True, "batch_threshold": 10, "leases": True}
+    other: Memory = await make_memory(config={"leases": True})
+    loop = asyncio.get_running_loop()
+    replace = EventStore.replace_snapshot
+    forgotten: list[int] = []
+
+    def forgotten_first(store: EventStore, user_log: Any) -> bool:
+        receipt = asyncio.run_coroutine_threadsafe(other.forget("ann"), loop).result(20)
+        forgotten.append(receipt.events)
+        return replace(store, user_log)
+
+    monkeypatch.setattr(EventStore, "replace_snapshot", forgotten_first)
+    reopened: Memory = await asyncio.wait_for(make_memory(config=settings), 30)
+    monkeypatch.setattr(EventStore, "replace_snapshot", replace)
+    assert forgotten and forgotten[0] > 0, "the forget landed between the load and the write"
+    await asyncio.wait_for(reopened.close(), 30)
+    peek = EventStore(db_url)
+    try:
+        assert peek.load("ann") is None
+        assert _snapshot_versions(peek) == []
+    finally:
+        peek.close()
+    assert await other.user("ann") is None
+    later: Memory = await asyncio.wait_for(make_memory(config=settings), 30)
+    await asyncio.wait_for(later.add_message("ann", "user", "Hi, I am new here."), 10)
+    assert [m.content for m in await later.buffer("ann")] == ["Hi, I am new here."]

@@ -471,6 +471,40 @@ class EventStoreContract:
         with pytest.raises(StorageError, match="'ivo' was forgotten while their log was read"):
             next(pages)
 
+    @pytest.mark.parametrize("begun_again", [False, True], ids=["erased", "begun again"])
+    @pytest.mark.parametrize("write", ["replace_snapshot", "take_snapshot"])
+    def test_a_snapshot_of_a_log_forgotten_since_its_load_is_not_stored(
+        self, store: EventStore, url: str, begun_again: bool, write: str
+    ) -> None:
+        """A log erased by another process between its load and its snapshot's write never
+        comes back as that snapshot: the log stays forgotten, or the log begun again after
+        the erasure loads as its own, and takes its next events."""
+        log = UserLog.register("ivo")
+        for n in range(4):
+            log.add_message("user", f"old {n}", None, 100)
+        store.append([log.collect_events()])
+        loaded = store.load("ivo")
+        assert loaded is not None
+        other = EventStore(url)
+        try:
+            with other.transaction() as connection:
+                other.lock_writers(connection)
+                other.forget(connection, "ivo")
+            if begun_again:
+                other.append([UserLog.register("ivo").collect_events()])
+        finally:
+            other.close()
+        assert getattr(store, write)(loaded) is False
+        assert self._snapshot_versions(store) == []
+        again = store.load("ivo")
+        if not begun_again:
+            assert again is None
+            return
+        assert again is not None and again.version == 1 and again.message_count == 0
+        again.add_message("user", "new", None, 100)
+        store.append([again.collect_events()], origins={again.id: again.created_on})
+        assert store.last_version("ivo") == 2
+
     def test_snapshots_are_encoded_as_eventsourcings_mapper_encodes_them(
         self, store: EventStore
     ) -> None:
