@@ -441,8 +441,11 @@ class UserActor(PooledActor):
         ``retry_failed`` too (the user's last run failed), if any wait, unless that failure
         will not pass by waiting (:attr:`UserLog.refused_last`: a key refused, every
         request refused) and no task of this engine has shown the key accepted since
-        (:attr:`SharedServices.key_works`): those wait for enough messages, a run asked
-        for, or the engine's ``probe`` of the key, a task of that id retrying them.
+        (:attr:`SharedServices.key_works`): those are held (:attr:`Recovered.held`), and
+        wait for enough messages, a run asked for, or any run of this engine that covers
+        messages (the engine owes them a recovery then:
+        :class:`actors._key_probe.KeyProbe`). With ``probe``, the user is the engine's
+        probe of the key: a run of any message waiting is requested under that task id.
         """
         if not self._is_owner():
             return Recovered([], 0)
