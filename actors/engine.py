@@ -621,14 +621,20 @@ class Engine:
         return retry
 
     def _retry_refused(self, users: list[str], threshold: int | None) -> None:
-        """Recover ``users`` again now that the key works (their refused runs are owed)."""
+        """Recover ``users`` again now that the key works (their refused runs are owed).
+
+        Those a recovery holds again (a run refused since the accepted one told the
+        engine the key is refused again) stay owed to the next accepted run
+        (:meth:`KeyProbe.owe`), rather than wait for the threshold."""
         try:
             futures = [self.directory.call(u, "recover", threshold, True) for u in users]
         except RuntimeError:  # the engine stops: the next open retries them
             return
+        held: list[str] = []
         for user, future in zip(users, futures, strict=True):
             try:
-                future.get()
+                if future.get().held:
+                    held.append(user)
             except Exception as error:  # an actor's fault: it may echo a client's key
                 log_failure(
                     log,
@@ -637,6 +643,8 @@ class Engine:
                     self.workers.credentials(),
                     f"user {user!r}: retrying a run refused before the key was fixed failed",
                 )
+        if held:
+            self.key_probe.owe(held, self._retry_after_probe(threshold))
 
     def _keep_claim(self, claim: ServerClaim) -> None:
         """Check the database claim every :data:`CLAIM_CHECK_SECONDS` until the engine

@@ -935,6 +935,40 @@ async def test_users_refused_are_retried_once_a_request_a_crash_left_runs_for_th
             await _until_extracted(memory, [*users, "big"])
 
 
+async def test_users_a_retry_finds_refused_again_stay_owed_to_the_next_accepted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five users' runs refused on the key; a reopen, the key still refused, holds them.
+    The key fixed, u0's run is accepted, but another run is refused before the others'
+    retry recovers them (the key is refused again for the engine): the retry holds them
+    again, and they stay owed, retried at the next accepted run; they used to be dropped
+    and wait for the threshold."""
+    from actors.engine import Engine
+
+    users = [f"u{n}" for n in range(5)]
+    db = tmp_path / "refused-again.db"
+    with MessagesAPIServer() as server:
+        await _runs_refused_for_the_key(server, monkeypatch, db, users)
+        async with _memory_over(server, monkeypatch, db, **_REFUSED_SETTINGS) as memory:
+            engine = memory._engine
+            await _until(lambda: len(engine.key_probe.owed) == len(users))
+            server.set_responder(default_answer)
+            retry_refused = Engine._retry_refused
+
+            def refused_again_first(self: Engine, owed: list[str], threshold: int | None) -> None:
+                self.services.key_works.clear()  # as a run refused meanwhile does
+                retry_refused(self, owed, threshold)
+
+            with monkeypatch.context() as race:
+                race.setattr(Engine, "_retry_refused", refused_again_first)
+                await memory.process("u0")
+                await _until(lambda: engine.key_probe.owed == frozenset(users[1:]))
+            assert all([await memory.buffer(user) for user in users[1:]])
+            await memory.add_exchange("u0", "u0 works in Bergen.", "Nice.")
+            await memory.process("u0")
+            await _until_extracted(memory, users)
+
+
 async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
