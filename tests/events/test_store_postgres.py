@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -143,3 +144,46 @@ def test_a_stalled_transaction_limit_of_the_url_or_role_is_kept(
             assert setting.scalar_one() == kept
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("with_snapshot", [False, True], ids=["no snapshot", "a snapshot"])
+def test_a_snapshot_written_while_an_erasure_of_its_log_is_under_way_waits_and_is_not_stored(
+    with_snapshot: bool,
+) -> None:
+    """Another process's erasure of a log has deleted it and not yet committed when the
+    log's owner stores a snapshot of the log it read before: the snapshot's write waits
+    for the erasure to end, then finds the log gone and stores nothing; the log stays
+    forgotten. It used to be stored beside the erasure, the erased state back again."""
+    url = postgres_url()
+    store, other = EventStore(url), EventStore(url)
+    try:
+        log = UserLog.register("liv")
+        for n in range(4):
+            log.add_message("user", f"old {n}", None, 100)
+        store.append([log.collect_events()])
+        if with_snapshot:
+            assert store.take_snapshot(log)
+        loaded = store.load("liv")
+        assert loaded is not None
+        with ThreadPoolExecutor(1) as pool, other.transaction() as erasure:
+            other.lock_writers(erasure)
+            other.forget(erasure, "liv")
+            written = pool.submit(store.replace_snapshot, loaded)
+            _until_waiting_on_a_lock_or_done(url, written)
+        assert written.result(10) is False
+        assert store.load("liv") is None
+    finally:
+        store.close()
+        other.close()
+
+
+def _until_waiting_on_a_lock_or_done(url: str, work: Future[Any]) -> None:
+    """Return once a session of the server waits for a lock, or ``work`` is done."""
+    server = make_url(url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(server, autocommit=True) as c:
+        for _ in range(1000):
+            row = c.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+            if work.done() or (row is not None and row[0] > 0):
+                return
+            time.sleep(0.01)
+    raise AssertionError("the snapshot's write neither waited for a lock nor ended in 10 s")
