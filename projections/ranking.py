@@ -141,7 +141,7 @@ class LexicalRanker:
         self._recent = {
             dated: select(k, literal_column("0.0").label("score"))
             .where(*live, *valid[dated])
-            .order_by(k.c.valid_from.desc(), k.c.version)
+            .order_by(k.c.valid_from.desc(), *_newest_first(k))
             .limit(bindparam("limit"))
             for dated in (False, True)
         }

@@ -643,8 +643,9 @@ def test_entries_scored_alike_are_listed_newest_written_first_alike_on_both_back
 ) -> None:
     """Entries scored alike, ten of each batch sharing its day, are listed newest written
     first (the batch's last fact first), and a limit cutting them keeps the same ones on
-    both backends, searched or shown beside a batch: SQLite ordered them by day and then
-    as its index gave them, PostgreSQL by day alone, and the two kept different ones."""
+    both backends, searched, shown beside a batch or listed as the most recent for a query
+    without words: SQLite ordered them by day and then as its index gave them, PostgreSQL by
+    day alone, and the two kept different ones."""
     store = EventStore(db_url)
     projector = Projector(ProjectionTables())
     with store.transaction() as connection:
@@ -663,6 +664,8 @@ def test_entries_scored_alike_are_listed_newest_written_first_alike_on_both_back
     with store.engine.connect() as connection:
         found = [entry.text for entry, _ in ranker.entries(connection, "ann", ["likes"], 15)]
         shown = [text for _, text, _ in ranker.related(connection, "ann", ["I like it"], 15, 10**6)]
+        recent = [entry.text for entry, _ in ranker.entries(connection, "ann", [], 15)]
     newest = [f"User likes thing{day}x{i}." for day in (2, 1) for i in range(9, -1, -1)][:15]
     assert found == shown == newest
+    assert recent == newest
     store.close()
