@@ -206,12 +206,29 @@ class Projector:
         """Bring SQLite projections of layout :data:`_MARKED_IN_PLACE` (this installation's
         words) to this layout in the caller's transaction: its one change is the mark of
         other knowledge versions' current entries in the index, so the index is marked
-        again in one statement where a refold of the whole log took seconds to minutes."""
+        again in one statement where a refold of the whole log took seconds to minutes.
+
+        PostgreSQL projections stamped with SQLite's layout 17 (:func:`_misstamped`) are
+        stamped with their own."""
         if connection.dialect.name != "sqlite":
+            if self._stored_layout(connection) is not None and self._misstamped(connection):
+                self._stamp_layout(connection)
             return
         if self._stored_layout(connection) != _sqlite_layout(_MARKED_IN_PLACE):
             return
         self.search.mark_versions(connection)
+        self._stamp_layout(connection)
+
+    def _misstamped(self, connection: Connection) -> bool:
+        """Whether the stored layout is :func:`_misstamped`."""
+        table = self.tables.position
+        layout = connection.execute(
+            select(table.c.position).where(table.c.name == _SCHEMA)
+        ).scalar()
+        return layout is not None and _misstamped(int(layout), connection)
+
+    def _stamp_layout(self, connection: Connection) -> None:
+        """Store this layout as the projections' own, in the caller's transaction."""
         table = self.tables.position
         connection.execute(
             table.update().where(table.c.name == _SCHEMA).values(position=_layout(connection))
@@ -303,6 +320,8 @@ class Projector:
             select(table.c.position).where(table.c.name == _SCHEMA)
         ).scalar()
         _refuse_newer(layout, connection)
+        if layout is not None and _misstamped(int(layout), connection):
+            return _layout(connection)
         return None if layout is None else int(layout)
 
     def generation(self, connection: Connection) -> int:
@@ -626,11 +645,18 @@ def _refuse_newer(layout: int | None, connection: Connection) -> None:
     """Raise :class:`StorageError` if ``layout`` (a stored one) is a newer memvee's, by the
     schema version of ``connection``'s backend."""
     schema = _schema_version(connection)
-    if layout is not None and int(layout) >> 20 > schema:
+    if layout is not None and int(layout) >> 20 > schema and not _misstamped(layout, connection):
         raise StorageError(
             f"the projections are of a newer memvee's layout ({int(layout) >> 20}; this "
             f"memvee reads {schema} and older): upgrade memvee to use this database"
         )
+
+
+def _misstamped(layout: int, connection: Connection) -> bool:
+    """Whether ``layout`` is SQLite's layout 17 stored on PostgreSQL (by memvees of 6a8fd55
+    to e7bd1a1, before PostgreSQL kept a number of its own): its tables hold nothing of it,
+    so they are read as of PostgreSQL's own layout, not refused as a newer memvee's."""
+    return connection.dialect.name != "sqlite" and int(layout) == _sqlite_layout(17)
 
 
 def _schema_version(connection: Connection) -> int:

@@ -845,6 +845,39 @@ def test_postgresql_projections_keep_the_layout_a_memvee_of_16_opens(db_url: str
     store.close()
 
 
+def test_postgresql_projections_stamped_with_sqlites_layout_17_open_as_their_own(
+    db_url: str,
+) -> None:
+    """PostgreSQL projections stamped with SQLite's layout 17 (by memvees of 6a8fd55 to
+    e7bd1a1, before PostgreSQL kept a number of its own) hold nothing of it: they open
+    folding no event, stamped with their own layout, rather than refused as a newer
+    memvee's with nothing to upgrade to."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's layout")
+    store = EventStore(db_url)
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with store.transaction() as connection:
+        projector.create(connection)
+    _learn_live_and_again(store, projector)
+    fresh = _shown(store, tables)
+    marked_by_version = next(k for k, v in SCHEMA_OF_INDEXED_LAYOUT.items() if v == 17)
+    words = f"{Stemmer.version()}|unicode {unicodedata.unidata_version}|{marked_by_version}"
+    stamped = 17 << 20 | zlib.crc32(words.encode()) & 0xFFFFF
+    with store.transaction() as connection:
+        connection.exec_driver_sql(
+            f"UPDATE {tables.position.name} SET position = {stamped} WHERE name = 'schema'"
+        )
+    assert bring_up_to_date(store, tables) == 0
+    with store.engine.connect() as connection:
+        stored = connection.exec_driver_sql(
+            f"SELECT position FROM {tables.position.name} WHERE name = 'schema'"
+        ).scalar()
+    assert stored == _layout_16()
+    assert _shown(store, tables) == fresh
+    store.close()
+
+
 def test_postgresql_projections_of_a_later_postgresql_layout_are_refused_not_laid_out_again(
     db_url: str,
 ) -> None:
