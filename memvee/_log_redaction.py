@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from events.credentials import known_secrets, shows_credentials
-from memvee._secrets import configured_secrets, redact
+from memvee._secrets import configured_secrets, declared_secrets, redact
 
 __all__ = [
     "OWN_LOGGERS",
@@ -70,8 +70,10 @@ class RedactSecrets(logging.Filter):
     The known secrets are those the environment gives (the SDKs' variables and every one
     whose name says it holds a credential: :func:`~events.credentials.configured_secrets`,
     the definition a contained embedder's failures are cleaned by too; read at each
-    record, so a key set later is covered too) and ``secrets`` given here (a database
-    password). The record is changed in place, so every handler it reaches sees it clean.
+    record, so a key set later is covered too), those declared to the process
+    (:func:`~memvee._secrets.declare_secrets`: a database password, which a 5xx's words
+    are cleaned of too) and ``secrets`` given here. The record is changed in place, so
+    every handler it reaches sees it clean.
 
     A record's exception whose traceback shows one of them (or a URL's password) reaches
     the handlers as that traceback cleaned (``exc_text``) and without ``exc_info``: a
@@ -106,7 +108,7 @@ class RedactSecrets(logging.Filter):
             environment = configured_secrets()
         except Exception:  # the logging call must go on; what was known is still redacted
             environment = known_secrets()
-        secrets = (*environment, *self.secrets)
+        secrets = (*environment, *declared_secrets(), *self.secrets)
         try:
             message = record.getMessage()
             unformatted = False

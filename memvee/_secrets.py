@@ -7,6 +7,8 @@ memvee's side needs: URLs' user info masked in log lines, and whether an error s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from events.credentials import (
     BASE_URL_ENV_VAR,
     SECRET_ENV_VARS,
@@ -26,12 +28,39 @@ __all__ = [
     "client_secrets",
     "configured_secrets",
     "credentials_of",
+    "declare_secrets",
+    "declared_secrets",
+    "every_secret",
     "mask_url_userinfo",
     "mentions",
     "redact",
     "shown_error",
     "userinfo",
 ]
+
+
+_declared: list[tuple[str, ...]] = [()]
+"""The secrets the process was handed outside its environment (:func:`declare_secrets`),
+replaced as one tuple so a reader on another thread sees the old set or the new one."""
+
+
+def declare_secrets(secrets: Iterable[str]) -> None:
+    """Make ``secrets`` (a ``--db-url``'s password, which no environment variable holds)
+    known to every log filter and every answer cleaned of secrets, for the process's life:
+    the one set both read, so a 5xx never shows what the log hides."""
+    _declared[0] = tuple(dict.fromkeys((*_declared[0], *secrets)))
+
+
+def declared_secrets() -> tuple[str, ...]:
+    """The secrets :func:`declare_secrets` was handed so far."""
+    return _declared[0]
+
+
+def every_secret() -> tuple[str, ...]:
+    """Every secret the process knows: the environment's (:func:`configured_secrets`, read
+    now) and those declared to it (:func:`declare_secrets`); what a caller's words are
+    cleaned of, as the log is."""
+    return (*configured_secrets(), *_declared[0])
 
 
 def mentions(exc: BaseException, secret: str) -> bool:

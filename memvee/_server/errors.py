@@ -32,7 +32,7 @@ from events import (
     StorageError,
 )
 from events.errors import UserForgottenError, echoed, is_database_failure
-from memvee._secrets import configured_secrets, redact
+from memvee._secrets import every_secret, redact
 from memvee._server.logs import REQUEST_ID_KEY, note_logged
 
 if TYPE_CHECKING:
@@ -103,8 +103,9 @@ def classify(error: Exception) -> tuple[int, str]:
 
 def caller_message(error: Exception, request_id: object = None) -> str:
     """What a caller is told of ``error``: its own words for a refusal (4xx); for a
-    failure of the server (5xx) its words cleaned of every configured secret (an
-    upstream's URL with its password, a key), or none at all for an error the API has no
+    failure of the server (5xx) its words cleaned of every secret the log is cleaned of
+    (:func:`~memvee._secrets.every_secret`: an upstream's URL with its password, a key,
+    the database's password), or none at all for an error the API has no
     word for (``internal_error``: :func:`unexpected`, its words left to the log), nor for
     a failing database."""
     storage = isinstance(error, StorageError) and not isinstance(error, ConflictError)
@@ -114,7 +115,7 @@ def caller_message(error: Exception, request_id: object = None) -> str:
     if code == "internal_error":
         return unexpected(request_id)
     if status >= 500:
-        return redact(str(error), configured_secrets())
+        return redact(str(error), every_secret())
     return str(error)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memvee._log_redaction import RedactSecrets
+from memvee._secrets import declare_secrets
 
 __all__ = ["REQUEST_ID_KEY", "AccessLog", "JsonFormatter", "configure_logging", "note_logged"]
 
@@ -62,14 +63,16 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "info", secrets: Sequence[str] = ()) -> None:
     """Send every log record (memvee's, uvicorn's, the MCP SDK's) as JSON to stderr, with
-    no credential in it (see :class:`RedactSecrets`; ``secrets`` adds to those it knows).
+    no credential in it (see :class:`RedactSecrets`; ``secrets`` adds to those it knows,
+    declared to the process: an error's words told to a caller are cleaned of them too).
 
     An HTTP client's line per request (the Claude API's) shows at ``debug`` only: at
     ``info`` the log is the server's own account of what it was asked.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    handler.addFilter(RedactSecrets(secrets))
+    declare_secrets(secrets)
+    handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

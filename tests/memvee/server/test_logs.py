@@ -15,6 +15,8 @@ import httpx
 import pytest
 import uvicorn
 
+import memvee._secrets
+from events import ProcessingError
 from events.extraction import BatchMessage, ExtractionBatch
 from memvee import Memory
 from memvee._server.app import create_app
@@ -163,3 +165,27 @@ async def test_a_defect_is_logged_once_with_its_traceback_under_the_request_id_a
     shown = with_traceback[0]["exception"]
     assert "RuntimeError: postgresql://***@db/memvee and [redacted]" in shown
     assert DB_PASSWORD not in text
+
+
+async def test_a_5xxs_words_are_cleaned_of_the_secrets_given_to_the_log_as_the_log_is(
+    logs: Callable[[], str], memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password handed to ``configure_logging`` (``--db-url``'s, in no environment
+    variable) is taken out of a 502's words told to the caller, as out of the log."""
+    monkeypatch.setattr(memvee._secrets, "_declared", [()])  # the process's set put back
+    password = "Sup3rSecretDbPw-not-in-env"
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise ProcessingError("ann", "t-1", f'FATAL: password "{password}" rejected')
+
+    monkeypatch.setattr(memory, "retrieve", fail)
+    configure_logging("info", secrets=[password])
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        answer = await _served_once(app, "/v1/users/ann/retrieve", {"query": "x"})
+
+    assert answer.status_code == 502
+    assert answer.json()["message"] == (
+        "processing task t-1 for user 'ann' failed: FATAL: password \"[redacted]\" rejected"
+    )
+    assert password not in logs()
