@@ -630,13 +630,39 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     :data:`_SHOWN_PART` of its characters, replaced by ``[redacted]``: a shorter one (a
     gateway's password of a letter) is taken out of URLs only."""
     text = mask_url_userinfo(text)
-    for secret in secrets:
-        if len(secret.strip()) < SHORTEST_SECRET:
-            continue
-        for form in _longest_first(secret):
+    for forms, whole, parts in _redaction_plan(tuple(secrets)):
+        for form in forms:
             text = text.replace(form, "[redacted]")
-        text = _redact_parts(text, secret.strip())
+        if parts is not None:
+            text = _redact_parts(text, whole, parts)
     return text
+
+
+_SecretPlan = tuple[tuple[str, ...], str, "tuple[frozenset[str], re.Pattern[str]] | None"]
+"""How one secret is taken out of a text: its shown forms longest first, the secret
+stripped, and its runs of :data:`_SHOWN_PART` characters with the pattern finding any
+(``None`` when it is shorter than a run)."""
+
+_PLANS_KEPT: Final = 16
+"""How many sets of secrets :func:`_redaction_plan` keeps the plan of: a few callers each
+ask with their own (the log filter, an API error, an extractor's failure), one set at a
+time, the environment's changing only now and then."""
+
+
+@functools.lru_cache(maxsize=_PLANS_KEPT)
+def _redaction_plan(secrets: tuple[str, ...]) -> tuple[_SecretPlan, ...]:
+    """What :func:`redact` does for each of ``secrets`` long enough to be taken out,
+    worked out once per set of secrets (a log filter asks with the same set at every
+    record, whatever its size): no secret's forms sorted, nor its pattern compiled, again
+    while the set is unchanged."""
+    plan: list[_SecretPlan] = []
+    for secret in dict.fromkeys(secrets):
+        whole = secret.strip()
+        if len(whole) < SHORTEST_SECRET:
+            continue
+        parts = _parts_of(whole) if len(whole) >= _SHOWN_PART else None
+        plan.append((_longest_first(secret), whole, parts))
+    return tuple(plan)
 
 
 def shown_forms(secret: str) -> set[str]:
@@ -648,10 +674,15 @@ def shown_forms(secret: str) -> set[str]:
     return {form for form in forms if form}
 
 
-@functools.lru_cache(maxsize=256)
+_SECRETS_KEPT: Final = 1024
+"""How many secrets' forms and patterns are kept, beyond the plans: when the environment
+changes, the plan of its new set is made of the secrets already worked out."""
+
+
+@functools.lru_cache(maxsize=_SECRETS_KEPT)
 def _longest_first(secret: str) -> tuple[str, ...]:
     """:func:`shown_forms` of ``secret``, longest first (a form inside another is taken
-    after it): worked out once per secret, as a log filter asks at every record."""
+    after it)."""
     return tuple(sorted(shown_forms(secret), key=len, reverse=True))
 
 
@@ -661,19 +692,18 @@ def _json_forms(secret: str) -> tuple[str, str]:
     return json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=_SECRETS_KEPT)
 def _parts_of(secret: str) -> tuple[frozenset[str], re.Pattern[str]]:
     """Every run of :data:`_SHOWN_PART` characters of ``secret``, and one pattern finding
-    any of them: most texts hold none, and one search tells so (a log filter's every
-    record goes through here)."""
+    any of them: most texts hold none, and one search tells so."""
     starts = frozenset(secret[i : i + _SHOWN_PART] for i in range(len(secret) - _SHOWN_PART + 1))
     return starts, re.compile("|".join(map(re.escape, sorted(starts))))
 
 
-def _redact_parts(text: str, secret: str) -> str:
-    if len(secret) < _SHOWN_PART:
-        return text
-    starts, anywhere = _parts_of(secret)
+def _redact_parts(text: str, secret: str, parts: tuple[frozenset[str], re.Pattern[str]]) -> str:
+    """``text`` with every run of :data:`_SHOWN_PART` or more characters of ``secret``
+    (found by ``parts``, :func:`_parts_of`) replaced by ``[redacted]``."""
+    starts, anywhere = parts
     if anywhere.search(text) is None:
         return text
     kept: list[str] = []

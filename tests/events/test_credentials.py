@@ -5,10 +5,13 @@ credentials given, as a record every formatter reads the usual way."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import re
 import types
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -513,3 +516,24 @@ def test_reading_what_an_embedder_holds_triggers_no_proxy_and_shows_no_other_obj
     )
     assert credentials.carried_by(embedder) == credentials.held_secrets(embedder)
     assert touched == []
+
+
+def test_a_hundred_secrets_are_worked_out_once_not_at_every_text_cleaned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A log filter cleans every record of the same set of secrets: however many there
+    are, no secret's pattern is compiled again while the set is unchanged."""
+    secrets = tuple(hashlib.sha256(bytes([n])).hexdigest()[:32] for n in range(100))
+    credentials.redact("warming up", secrets)
+    compiled: list[object] = []
+    compile_pattern = re.compile
+
+    def counting(*args: Any, **kwargs: Any) -> re.Pattern[str]:
+        compiled.append(args[0])
+        return compile_pattern(*args, **kwargs)
+
+    monkeypatch.setattr(credentials.re, "compile", counting)
+    for n in range(100):
+        shown = f"record {n} shows {secrets[n]}"
+        assert credentials.redact(shown, secrets) == f"record {n} shows [redacted]"
+    assert compiled == []
