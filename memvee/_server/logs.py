@@ -105,14 +105,16 @@ _UPGRADE_LINES: Final = ("Unsupported upgrade request.", "No supported WebSocket
 
 
 _LOGGED_MARK = "_memvee_logged_with_request_id"
-"""The attribute :func:`note_logged` sets on an error already logged with its traceback."""
+"""The key :func:`note_logged` puts in an error's ``__dict__`` once it is logged."""
 
 
 def note_logged(error: BaseException) -> None:
     """Mark ``error`` as logged with its traceback and request id: the ASGI server's own
     line for it, which it writes as the error leaves the app, would repeat it without the
-    id (:class:`_NoRepeatedDefect`)."""
-    setattr(error, _LOGGED_MARK, True)  # every exception has a __dict__, BaseException's
+    id (:class:`_NoRepeatedDefect`). Written in the error's ``__dict__``, which every
+    exception has, past its ``__setattr__``: a frozen dataclass's refuses, and a failure
+    here would turn the JSON 500 into the server's bare one."""
+    vars(error)[_LOGGED_MARK] = True
 
 
 class _NoRepeatedDefect(logging.Filter):
@@ -121,7 +123,7 @@ class _NoRepeatedDefect(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return error is None or not getattr(error, _LOGGED_MARK, False)
+        return error is None or not vars(error).get(_LOGGED_MARK, False)
 
 
 class AccessLog:

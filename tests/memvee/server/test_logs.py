@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,3 +190,33 @@ async def test_a_5xxs_words_are_cleaned_of_the_secrets_given_to_the_log_as_the_l
         "processing task t-1 for user 'ann' failed: FATAL: password \"[redacted]\" rejected"
     )
     assert password not in logs()
+
+
+@dataclass(frozen=True)
+class _FrozenDefect(Exception):
+    """An exception that refuses every attribute set on it, as a frozen dataclass does."""
+
+    why: str
+
+
+async def test_a_defect_that_takes_no_attribute_is_answered_as_json_and_logged_once(
+    logs: Callable[[], str], memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error whose class refuses attributes (a frozen dataclass) is answered as any
+    defect, a JSON 500 naming the request, its traceback logged once under that id."""
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        raise _FrozenDefect("bad")
+
+    monkeypatch.setattr(memory, "retrieve", crash)
+    configure_logging("info")
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        answer = await _served_once(app, "/v1/users/ann/retrieve", {"query": "x"})
+
+    request_id = answer.headers["x-request-id"]
+    assert (answer.status_code, answer.json()["error"]) == (500, "internal_error")
+    with_traceback = [record for record in _records(logs()) if "exception" in record]
+    assert [(r["logger"], r["request_id"]) for r in with_traceback] == [
+        ("memvee.server", request_id)
+    ]
