@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -62,6 +63,7 @@ def create_app(
     mcp_user: str | None = None,
     host: str = "127.0.0.1",
     drain: Drain | None = None,
+    http_parser: HttpParser | None = None,
 ) -> ASGIApp:
     """The whole server over an open ``memory``; the caller opens and closes it.
 
@@ -70,7 +72,9 @@ def create_app(
     route answers only requests for a loopback host from no other site
     (:class:`LoopbackOnly`), against DNS rebinding and cross-site requests. Once
     ``drain`` (the server's) starts, requests that begin are refused and answers close
-    their connections (:class:`RefusedWhileDraining`).
+    their connections (:class:`RefusedWhileDraining`). ``http_parser`` is the HTTP/1
+    parser the ASGI server uses (uvicorn's ``http``), which tells which requests asking
+    for an upgrade hold their connection (:class:`ClosedAfterUpgrade`); none: any might.
     """
     mcp = build_mcp(memory, audit, user=mcp_user, allow_forget=allow_forget)
     mcp_app = mcp.streamable_http_app(
@@ -124,23 +128,30 @@ def create_app(
     )
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
     drained = RefusedWhileDraining(answered, drain or Drain())
-    return AccessLog(ClosedAfterUpgrade(McpWithSlash(drained, "/mcp")))
+    return AccessLog(ClosedAfterUpgrade(McpWithSlash(drained, "/mcp"), http_parser))
+
+
+HttpParser = Literal["h11", "httptools"]
+"""The HTTP/1 parsers uvicorn serves with."""
 
 
 class ClosedAfterUpgrade:
     """ASGI middleware: the answer to a request asking for an upgrade (a WebSocket or h2c
-    handshake, served as the plain request it also is) closes its connection. The HTTP
-    parser holds back what the client sends after such a request, as the other protocol's:
-    a request sent next on the same connection would wait unanswered until the client's
-    timeout; closed, the client opens another."""
+    handshake, served as the plain request it also is) closes its connection when the
+    parser holds back what the client sends after it, as the other protocol's: a request
+    sent next on the same connection would wait unanswered until the client's timeout;
+    closed, the client opens another.
 
-    def __init__(self, app: ASGIApp) -> None:
+    h11 holds on an ``Upgrade`` header alone; httptools only when ``Connection`` names
+    ``upgrade`` too, and other requests (an ``Upgrade`` a proxy passed on, without the
+    token) keep their connection. The parser unknown, any ``Upgrade`` closes."""
+
+    def __init__(self, app: ASGIApp, parser: HttpParser | None = None) -> None:
         self.app = app
+        self.parser = parser
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not any(
-            name == b"upgrade" for name, _ in scope.get("headers", ())
-        ):
+        if scope["type"] != "http" or not self._held(scope.get("headers", ())):
             await self.app(scope, receive, send)
             return
 
@@ -151,6 +162,19 @@ class ClosedAfterUpgrade:
             await send(message)
 
         await self.app(scope, receive, closing)
+
+    def _held(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the parser holds the connection after a request with ``headers``."""
+        if not any(name == b"upgrade" for name, _ in headers):
+            return False
+        if self.parser != "httptools":
+            return True
+        return any(
+            token.strip().lower() == b"upgrade"
+            for name, value in headers
+            if name == b"connection"
+            for token in value.split(b",")
+        )
 
 
 class McpWithSlash:

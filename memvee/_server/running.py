@@ -37,6 +37,7 @@ from memvee._server.stdio_drain import DrainedStdio
 from memvee.audit import Audit
 
 if TYPE_CHECKING:
+    from memvee._server.app import HttpParser
     from memvee._server.commands import StopSignals
 
 __all__ = ["OpenFailedError", "serve_http", "serve_stdio"]
@@ -134,6 +135,7 @@ async def serve_http(
     audit = await _open(memory, db, db_url)
     try:
         drain = Drain()
+        http: HttpParser = "httptools" if find_spec("httptools") else "h11"  # C if installed
         app = create_app(
             memory,
             audit,
@@ -143,8 +145,8 @@ async def serve_http(
             allow_forget=allow_forget,
             mcp_user=mcp_user,
             host=host,
+            http_parser=http,
         )
-        http = "httptools" if find_spec("httptools") else "h11"  # the C parser if installed
         config = uvicorn.Config(
             app,
             http=http,

@@ -4,6 +4,7 @@ types (422), what the library refuses (422, with the library's message), unknown
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
@@ -13,7 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
+from memvee import Memory
+from memvee._server.app import HttpParser, create_app
+from memvee.audit import Audit
 from tests.support.server_process import ServerProcess
 
 LIMIT = 4096
@@ -518,3 +523,62 @@ def test_a_body_over_the_limit_announced_with_expect_100_continue_is_413_before_
     assert headers["connection"] == "close"
     assert json.loads(body)["error"] == "payload_too_large"
     assert message_count(http, user) == 2
+
+
+async def _answers_on_one_connection(
+    memory: Memory, db_url: str, parser: HttpParser, first_headers: str
+) -> bytes:
+    """What the server, on ``parser``, sends back on one connection to a GET /healthz with
+    ``first_headers`` and a GET /readyz sent right after it, until it closes or is silent
+    for a second."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20, http_parser=parser)
+        config = uvicorn.Config(app, http=parser, ws="none", log_config=None, access_log=False)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{first_headers}\r\n"
+                "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
+            received = b""
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(65536), 1.0)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                received += chunk
+            writer.close()
+            return received
+        finally:
+            server.should_exit = True
+            await serving
+
+
+@pytest.mark.parametrize(
+    ("parser", "first_headers", "answers", "closed"),
+    [
+        ("httptools", "Upgrade: h2c\r\n", 2, False),
+        ("httptools", "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n", 1, True),
+        ("h11", "Upgrade: h2c\r\n", 1, True),
+    ],
+)
+async def test_only_a_request_its_parser_holds_as_an_upgrade_closes_its_connection(
+    memory: Memory, db_url: str, parser: HttpParser, first_headers: str, answers: int, closed: bool
+) -> None:
+    """httptools holds a connection only after ``Upgrade`` with ``Connection: upgrade``:
+    an ``Upgrade`` alone keeps it, and the request sent next is answered on it; h11 holds
+    on ``Upgrade`` alone, whose answer closes the connection, never left hanging."""
+    received = await _answers_on_one_connection(memory, db_url, parser, first_headers)
+
+    assert received.count(b"HTTP/1.1 200 ") == answers
+    assert (b"\r\nconnection: close" in received.lower()) == closed
