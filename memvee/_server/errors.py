@@ -49,7 +49,9 @@ __all__ = [
     "described",
     "install_error_handlers",
     "jsonrpc_error",
+    "jsonrpc_id_of",
     "mark_reads_only",
+    "note_jsonrpc_id",
 ]
 
 log = logging.getLogger("memvee.server")
@@ -144,12 +146,18 @@ def error_response(
 
 
 def jsonrpc_error(
-    code: int, told: str, status: int, headers: dict[str, str] | None = None
+    code: int,
+    told: str,
+    status: int,
+    headers: dict[str, str] | None = None,
+    id_json: str = "null",
 ) -> Response:
     """An error on MCP's path as the SDK's streamable HTTP transport answers its own: a
-    JSON-RPC error with a null id (no id of an unread, or unparsed, body is known)."""
-    error = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": told}}
-    return Response(json.dumps(error), status, media_type="application/json", headers=headers)
+    JSON-RPC error with the request's id as JSON (``id_json``, exactly as it was sent), or
+    null when none is known (an unread, or unparsed, body)."""
+    error = json.dumps({"code": code, "message": told})
+    body = f'{{"jsonrpc": "2.0", "id": {id_json}, "error": {error}}}'
+    return Response(body, status, media_type="application/json", headers=headers)
 
 
 def _body(request: Request, status: int, code: str, message: str) -> JSONResponse:
@@ -241,7 +249,8 @@ def install_error_handlers(
         )
         note_logged(error)
         if jsonrpc_path is not None and request.scope.get("path") == jsonrpc_path:
-            return jsonrpc_error(INTERNAL_ERROR, unexpected(request_id), 500)
+            told = unexpected(request_id)
+            return jsonrpc_error(INTERNAL_ERROR, told, 500, id_json=jsonrpc_id_of(request.scope))
         return error_response(request.scope, 500, "internal_error", unexpected(request_id))
 
     app.add_exception_handler(Exception, on_defect)
@@ -279,6 +288,32 @@ class ReadsOnly:
         self.known = False
 
 
+class JsonRpcId:
+    """The id of the JSON-RPC request a request on MCP's path carries, as JSON: set once
+    its body is read and parsed, for a defect's answer to name it."""
+
+    def __init__(self) -> None:
+        self.json = "null"
+
+
+JSONRPC_ID_KEY = "memvee.jsonrpc_id"
+"""Where :class:`AnsweredOnShutdown` puts a request's :class:`JsonRpcId` in its scope."""
+
+
+def note_jsonrpc_id(scope: Scope, id_json: str) -> None:
+    """Note that the request of ``scope`` carries the JSON-RPC id ``id_json``."""
+    holder = scope.get(JSONRPC_ID_KEY)
+    if isinstance(holder, JsonRpcId):
+        holder.json = id_json
+
+
+def jsonrpc_id_of(scope: Scope) -> str:
+    """The JSON-RPC id noted for the request of ``scope`` (:func:`note_jsonrpc_id`), as
+    JSON: ``null`` when none is known."""
+    holder = scope.get(JSONRPC_ID_KEY)
+    return holder.json if isinstance(holder, JsonRpcId) else "null"
+
+
 def mark_reads_only(scope: Scope) -> None:
     """Note that the request of ``scope`` changes nothing, such as a retrieve or an MCP
     call of read-only tools: cut short by the drain, it is answered ``not_ready``."""
@@ -310,6 +345,7 @@ class AnsweredOnShutdown:
             return
         answered = received = awaiting_body = False
         reads_only = scope[READS_ONLY_KEY] = ReadsOnly()  # scopes are copied past here
+        scope[JSONRPC_ID_KEY] = JsonRpcId()
 
         async def noting(message: Message) -> None:
             nonlocal answered

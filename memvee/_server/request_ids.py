@@ -29,7 +29,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from memvee._server.errors import mark_reads_only
+from memvee._server.errors import mark_reads_only, note_jsonrpc_id
 
 __all__ = [
     "NOT_JSON_TYPED",
@@ -198,6 +198,8 @@ class RefuseInvalidMessages:
             answer = Response(screening, status, media_type="application/json")
             await answer(scope, receive, send)
             return
+        if isinstance(screening, JSONRPCRequest):
+            note_jsonrpc_id(scope, _id_json(screening.id))
         if only_reads(screening, self.read_only_tools):
             mark_reads_only(scope)
         await self.app(scope, _replaying(body, receive), send)

@@ -698,7 +698,8 @@ async def test_a_defect_on_mcp_is_answered_as_a_jsonrpc_error_naming_the_request
     memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every answer on ``/mcp`` is JSON-RPC, a defect's too: an internal error (-32603)
-    with a null id, naming the request whose log line tells why."""
+    with the id of the JSON-RPC request, naming the HTTP request whose log line tells
+    why."""
 
     async def crash(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("defect in the session manager")
@@ -720,7 +721,7 @@ async def test_a_defect_on_mcp_is_answered_as_a_jsonrpc_error_naming_the_request
         500,
         {
             "jsonrpc": "2.0",
-            "id": None,
+            "id": 7,
             "error": {
                 "code": INTERNAL_ERROR,
                 "message": told,
