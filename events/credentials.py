@@ -333,7 +333,27 @@ def _held_credentials(name: str, value: str) -> list[str]:
         decoded = _base64_text(value)
         if decoded is not None and looks_secret(decoded, spaced=spaced):
             found.append(decoded)
+        elif decoded is not None:  # a key file's text: PEM lines, JSON with a key in it
+            found.extend(_key_material(decoded))
     return found
+
+
+_KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/=_-]{20,}")
+"""A run of base64 (or hex, or URL-safe) characters long enough to be a key's: a PEM
+body's line, a JSON key file's ``private_key`` line or key id; a URL, an e-mail address
+or a word, which hold other characters, are no such run."""
+
+_KEY_MATERIAL_KEPT: Final = 100
+"""How many runs :func:`_key_material` takes of one key file at most."""
+
+
+def _key_material(text: str) -> list[str]:
+    """The runs of a decoded key file's ``text`` that hold its key (:data:`_KEY_MATERIAL`,
+    with a digit: not a word of the file's labels), its JSON's ``\\n`` escapes taken for
+    the line breaks they are; at most :data:`_KEY_MATERIAL_KEPT`."""
+    runs = _KEY_MATERIAL.finditer(text.replace("\\n", "\n"))
+    keyish = (run.group(0) for run in runs if any(each.isdigit() for each in run.group(0)))
+    return list(itertools.islice(dict.fromkeys(keyish), _KEY_MATERIAL_KEPT))
 
 
 def _base64_text(value: str) -> str | None:

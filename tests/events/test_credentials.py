@@ -537,3 +537,40 @@ def test_a_hundred_secrets_are_worked_out_once_not_at_every_text_cleaned(
         shown = f"record {n} shows {secrets[n]}"
         assert credentials.redact(shown, secrets) == f"record {n} shows [redacted]"
     assert compiled == []
+
+
+_PEM_LINES = (
+    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj",
+    "MqzPmeP2Cn8Aq3oGWbEq1Qx5T2Zr9yL0dHk4bN6mF8sJ3vR1pW7cX0eY5uI2oA4",
+)
+_PEM = "-----BEGIN PRIVATE KEY-----\n" + "\n".join(_PEM_LINES) + "\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        _PEM,
+        json.dumps(
+            {
+                "type": "service_account",
+                "client_email": "memvee@example.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token",
+                "private_key": _PEM,
+            }
+        ),
+    ],
+    ids=["pem", "service-account-json"],
+)
+def test_the_key_in_a_key_files_encoded_content_is_taken_line_by_line(content: str) -> None:
+    """A key file encoded under ``*_FILE_B64`` decodes to text with spaces and line breaks,
+    no secret whole: each line of its key is taken, its labels, URLs and addresses not."""
+    encoded = base64.b64encode(content.encode()).decode()
+    secrets = credentials.named_secrets("SIGNING_KEY_FILE_B64", encoded)
+
+    line = f"key rejected: {_PEM_LINES[1]} at https://oauth2.googleapis.com/token"
+    assert credentials.redact(line, secrets) == (
+        "key rejected: [redacted] at https://oauth2.googleapis.com/token"
+    )
+    assert credentials.redact("memvee@example.iam.gserviceaccount.com", secrets) == (
+        "memvee@example.iam.gserviceaccount.com"
+    )
