@@ -27,7 +27,7 @@ from memvee._server.errors import AnsweredOnShutdown, error_response, install_er
 from memvee._server.host_guard import LoopbackOnly, transport_security
 from memvee._server.http_api import ANY_ROUTE_ERRORS, ErrorOut, api_router, error_responses
 from memvee._server.limits import BodyLimit, jsonrpc_refusal
-from memvee._server.logs import AccessLog
+from memvee._server.logs import AccessLog, drop_repeated_defects
 from memvee._server.mcp_tools import READ_ONLY_TOOLS, build_mcp
 from memvee._server.request_ids import RefuseInvalidMessages
 from memvee._server.user_paths import EncodedSlashes
@@ -75,7 +75,11 @@ def create_app(
     their connections (:class:`RefusedWhileDraining`). ``http_parser`` is the HTTP/1
     parser the ASGI server uses (uvicorn's ``http``), which tells which requests asking
     for an upgrade hold their connection (:class:`ClosedAfterUpgrade`); none: any might.
+    A defect is logged once, with its request id, under uvicorn too when an application
+    serves this app without :func:`~memvee._server.logs.configure_logging`
+    (:func:`~memvee._server.logs.drop_repeated_defects`).
     """
+    drop_repeated_defects()
     mcp = build_mcp(memory, audit, user=mcp_user, allow_forget=allow_forget)
     mcp_app = mcp.streamable_http_app(
         streamable_http_path="/mcp",

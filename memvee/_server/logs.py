@@ -22,7 +22,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from memvee._log_redaction import RedactSecrets
 from memvee._secrets import declare_secrets
 
-__all__ = ["REQUEST_ID_KEY", "AccessLog", "JsonFormatter", "configure_logging", "note_logged"]
+__all__ = [
+    "REQUEST_ID_KEY",
+    "AccessLog",
+    "JsonFormatter",
+    "configure_logging",
+    "drop_repeated_defects",
+    "note_logged",
+]
 
 REQUEST_ID_KEY = "memvee.request_id"
 """Where a request's id is put in its ASGI scope."""
@@ -80,9 +87,9 @@ def configure_logging(level: str = "info", secrets: Sequence[str] = ()) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     uvicorn_errors = logging.getLogger("uvicorn.error")
-    for kind in (_NoWebSocketAdvice, _NoRepeatedDefect):
-        if not any(isinstance(each, kind) for each in uvicorn_errors.filters):
-            uvicorn_errors.addFilter(kind())
+    if not any(isinstance(each, _NoWebSocketAdvice) for each in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(_NoWebSocketAdvice())
+    drop_repeated_defects()
     for name in _REQUEST_LINE_LOGGERS:
         logging.getLogger(name).setLevel(
             logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
@@ -115,6 +122,15 @@ def note_logged(error: BaseException) -> None:
     exception has, past its ``__setattr__``: a frozen dataclass's refuses, and a failure
     here would turn the JSON 500 into the server's bare one."""
     vars(error)[_LOGGED_MARK] = True
+
+
+def drop_repeated_defects() -> None:
+    """Put :class:`_NoRepeatedDefect` on uvicorn's error logger, once: a crash the app
+    logged is then logged once whoever set the logging up (``memvee serve``, or an
+    application serving the app under its own uvicorn)."""
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(each, _NoRepeatedDefect) for each in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(_NoRepeatedDefect())
 
 
 class _NoRepeatedDefect(logging.Filter):

@@ -220,3 +220,30 @@ async def test_a_defect_that_takes_no_attribute_is_answered_as_json_and_logged_o
     assert [(r["logger"], r["request_id"]) for r in with_traceback] == [
         ("memvee.server", request_id)
     ]
+
+
+async def test_a_defect_is_logged_once_when_an_application_serves_the_app_its_own_way(
+    caplog: pytest.LogCaptureFixture,
+    memory: Memory,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Served under an application's uvicorn, with no ``configure_logging``, a crash's
+    traceback is logged once, by memvee with the request id, not again by uvicorn."""
+    monkeypatch.setattr(logging.getLogger("uvicorn.error"), "filters", [])
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("defect")
+
+    monkeypatch.setattr(memory, "retrieve", crash)
+    caplog.set_level(logging.INFO)
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        answer = await _served_once(app, "/v1/users/ann/retrieve", {"query": "x"})
+
+    logged = [
+        (record.name, getattr(record, "request_id", None))
+        for record in caplog.records
+        if record.exc_info or record.exc_text
+    ]
+    assert logged == [("memvee.server", answer.headers["x-request-id"])]
