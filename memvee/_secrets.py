@@ -30,6 +30,7 @@ __all__ = [
     "credentials_of",
     "declare_secrets",
     "declared_secrets",
+    "forget_declared_secrets",
     "every_secret",
     "mask_url_userinfo",
     "mentions",
@@ -54,6 +55,12 @@ def declare_secrets(secrets: Iterable[str]) -> None:
 def declared_secrets() -> tuple[str, ...]:
     """The secrets :func:`declare_secrets` was handed so far."""
     return _declared[0]
+
+
+def forget_declared_secrets(kept: tuple[str, ...] = ()) -> None:
+    """Let the process know only ``kept`` of the secrets declared to it (a test putting the
+    process back as it found it)."""
+    _declared[0] = tuple(kept)
 
 
 def every_secret() -> tuple[str, ...]:

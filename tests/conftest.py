@@ -12,6 +12,7 @@ import pytest
 
 from events import EventStore, sqlite_url
 from memvee import Memory, MemoryConfig
+from memvee._secrets import declared_secrets, forget_declared_secrets
 from projections import ProjectionTables, Projector
 from tests.support.backends import BACKENDS, postgres_url
 from tests.support.extractors import RecordingExtractor
@@ -21,19 +22,24 @@ _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpx
 
 @pytest.fixture(autouse=True)
 def _process_set_up_as_it_was() -> Iterator[None]:
-    """Puts the logging set-up and the SIGINT/SIGTERM handlers back after each test: a
-    command run in-process (``serve``, ``mcp``) sets the root handlers to the stream it
-    was given, which a later test's records would meet closed, and ignores the signals
-    it stopped on, which every process a later test starts would then ignore too."""
+    """Puts the logging set-up, the secrets declared to it and the SIGINT/SIGTERM handlers
+    back after each test: a command run in-process (``serve``, ``mcp``) sets the root
+    handlers to the stream it was given, which a later test's records would meet closed,
+    declares its database password for the process's life, which would clean a later
+    test's words of it, and ignores the signals it stopped on, which every process a later
+    test starts would then ignore too."""
     root = logging.getLogger()
     loggers = [root, *map(logging.getLogger, _SERVER_LOGGERS)]
-    kept = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    kept = [(lg, lg.handlers[:], lg.filters[:], lg.level, lg.propagate) for lg in loggers]
+    declared = declared_secrets()
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     yield
-    for logger, kept_handlers, level, propagate in kept:
+    for logger, kept_handlers, kept_filters, level, propagate in kept:
         logger.handlers[:] = kept_handlers
+        logger.filters[:] = kept_filters
         logger.setLevel(level)
         logger.propagate = propagate
+    forget_declared_secrets(declared)
     for number, handler in handlers.items():
         if signal.getsignal(number) is not handler and handler is not None:
             signal.signal(number, handler)
