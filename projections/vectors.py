@@ -277,9 +277,15 @@ class VectorIndex:
         """Per log, the memory its kept entry vectors take (see :func:`_entry_bytes`)."""
         self._used: OrderedDict[str, None] = OrderedDict()
         """The logs with message or entry vectors kept, the one used longest ago first."""
-        self._forgets: dict[str, int] = {}
-        """Per log, how many times :meth:`forget` was called for it: a read of its entry
-        vectors that one overlapped keeps nothing (it may have read the erased log's)."""
+        self._forgets: OrderedDict[str, int] = OrderedDict()
+        """Per log, the number of its last :meth:`forget` (counted over every log), the
+        :data:`FORGETS_KEPT` latest: a read of its entry vectors that one overlapped keeps
+        nothing (it may have read the erased log's)."""
+        self._forgets_let_go = 0
+        """The highest number let go of from :attr:`_forgets`: what any other log reads as
+        its last forget's, so a read overlapping a forget whose number was let go still
+        sees a change."""
+        self._forgets_counted = 0
         v, k, m, u = tables.vectors, tables.knowledge, tables.messages, tables.users
         # What every search runs, built once (building a statement costs more than
         # running it on a user's rows).
@@ -558,9 +564,10 @@ class VectorIndex:
         return [[item for item, _ in vectors.nearest(query, limit)] for query in queries]
 
     def forgotten(self, user_id: str) -> int:
-        """How many times :meth:`forget` was called for the user on this index."""
+        """A number that changes whenever :meth:`forget` is called for the user on this
+        index (and, seldom, when another user's forget lets go of the user's mark)."""
         with self._lock:
-            return self._forgets.get(str(user_log_id(user_id)), 0)
+            return self._forgets.get(str(user_log_id(user_id)), self._forgets_let_go)
 
     def _current_entry_rows(
         self, connection: Connection, log_id: str, version: str, forgotten: int
@@ -598,7 +605,7 @@ class VectorIndex:
         the last read are let go), unless a :meth:`forget` came since ``forgotten`` was
         read; the logs used longest ago are dropped past ``cache_bytes``."""
         with self._lock:
-            if self._forgets.get(log_id, 0) != forgotten:
+            if self._forgets.get(log_id, self._forgets_let_go) != forgotten:
                 return
             kept = self._entry_vectors.setdefault(log_id, {})
             kept[version] = vectors
@@ -659,7 +666,11 @@ class VectorIndex:
         to the embedder any more."""
         log_id = str(user_log_id(user_id))
         with self._lock:
-            self._forgets[log_id] = self._forgets.get(log_id, 0) + 1
+            self._forgets_counted += 1
+            self._forgets[log_id] = self._forgets_counted
+            self._forgets.move_to_end(log_id)
+            while len(self._forgets) > FORGETS_KEPT:
+                self._forgets_let_go = self._forgets.popitem(last=False)[1]
             self._drop(log_id)
             for erased in self._fills.get(log_id, ()):
                 erased.set()
@@ -979,6 +990,12 @@ class _Vectors:
         cosines = _tied(scores[top], limit)
         best = np.argsort(-cosines, kind="stable")[:limit]
         return [(self.ids[top[i]], float(cosines[i])) for i in best]
+
+
+FORGETS_KEPT = 4096
+"""How many logs' last forgets a :class:`VectorIndex` remembers: a process forgetting
+users for months keeps no mark of each (a search in flight reads its log's mark before
+its connection opens, so only the few logs being read need theirs)."""
 
 
 COSINE_TIE = 1e-6
