@@ -484,10 +484,11 @@ def require_projections(store: EventStore, tables: ProjectionTables) -> None:
 def catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
     """Bring projections made by an older version of memvee (or short of the log) up to
     date, as a Memory's open does, before they are read or written: refolded whole from
-    the log. Up-to-date ones are only read, so a read-only database stays readable, but
-    for a log left unfolded for an event type this memvee now knows (it was upgraded),
-    refolded so that its user is served. Ones being rebuilt are left to the rebuild, with
-    a warning that they hold part of the log."""
+    the log (a SQLite index of layout 16 is only marked again in place). Up-to-date ones
+    are only read, so a read-only database stays readable, but for a log left unfolded
+    for an event type this memvee now knows (it was upgraded), refolded so that its user
+    is served. Ones being rebuilt are left to the rebuild, with a warning that they hold
+    part of the log."""
     projector = Projector(tables)
     with store.engine.connect() as connection:
         log_end = store.max_position(connection)
