@@ -52,7 +52,10 @@ def search(monkeypatch: pytest.MonkeyPatch) -> Iterator[_HeldSearch]:
 
 
 def _oslo_facts(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
-    """More than :data:`ENTRIES` facts, every one naming Oslo, of a batch's first message."""
+    """More than :data:`ENTRIES` facts, every one naming Oslo, of a batch's first message.
+    Only the first says where Alice lives: a batch saying "live" ranks it above the others
+    on either backend (PostgreSQL's ts_rank scores the others' "Oslo" alike with it, and a
+    tie cut by the limit keeps the newest written)."""
     said = batch.messages[0].message_id
     return (
         ExtractedFact("User lives in Oslo.", (said,)),
@@ -73,11 +76,11 @@ async def memory(make_memory: Callable[..., Any], extractor: RecordingExtractor)
 
 
 async def _a_batch_held_mid_read(memory: Memory, search: _HeldSearch) -> ProcessTask:
-    """Alice's "I left Oslo for good" asked to be processed, its task held while the
+    """Alice's "I no longer live in Oslo" asked to be processed, its task held while the
     entries shown beside its batch are searched aside."""
     search.gate.clear()
     search.held.clear()
-    await memory.add_message("alice", "user", "I left Oslo for good")
+    await memory.add_message("alice", "user", "I no longer live in Oslo")
     task = memory.process_async("alice")
     assert await asyncio.to_thread(search.held.wait, 10)
     return task
@@ -264,7 +267,7 @@ async def test_a_batch_whose_shown_entries_were_promoted_away_is_extracted_again
 
     monkeypatch.setattr(LexicalRanker, "related", held_once_read)
     extractor.answer = moves
-    await memory.add_message("alice", "user", "I left Oslo for Bergen")
+    await memory.add_message("alice", "user", "I no longer live in Oslo, I left it for Bergen")
     task = memory.process_async("alice")
     assert await asyncio.to_thread(held.wait, 10)
     try:
