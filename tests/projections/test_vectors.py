@@ -762,12 +762,17 @@ def test_entries_ended_added_or_promoted_between_two_batches_are_ranked_as_store
     store.close()
 
 
+@pytest.mark.parametrize("others_forgotten", [0, 3], ids=["alone", "mark let go"])
 def test_a_read_of_entry_vectors_overlapping_a_forget_keeps_none_of_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, others_forgotten: int
 ) -> None:
     """A search beside a batch whose read overlapped an erasure (its connection opened
     before :meth:`VectorIndex.forget`) ranks by what it read but keeps none of it: the
-    next search reads every vector of the user again; one that did not overlap keeps them."""
+    next search reads every vector of the user again; one that did not overlap keeps them.
+    So too once other users' forgets let go of the user's mark: an index remembers the
+    last forgets of :data:`FORGETS_KEPT` logs only (a process forgetting users for months
+    kept a mark of each, 128 bytes a user)."""
+    monkeypatch.setattr(vectors_module, "FORGETS_KEPT", 2, raising=False)
     store = _store(sqlite_url(tmp_path / "log.db"))
     embedder = ConceptEmbedder()
     _entries_said(store, "ann", [f"User noted list {i}." for i in range(120)])
@@ -777,6 +782,9 @@ def test_a_read_of_entry_vectors_overlapping_a_forget_keeps_none_of_them(
     reads = _vector_reads(index, monkeypatch)
     before = index.forgotten("ann")
     index.forget("ann")
+    for other in ("bob", "cy", "di")[:others_forgotten]:
+        index.forget(other)
+    assert len(index._forgets) <= 2
     with store.reading() as connection:
         assert index.entries_near_each(connection, "ann", [query], 3, forgotten=before)[0]
     with store.reading() as connection:
@@ -784,36 +792,6 @@ def test_a_read_of_entry_vectors_overlapping_a_forget_keeps_none_of_them(
     with store.reading() as connection:
         index.entries_near_each(connection, "ann", [query], 3)
     assert reads == [120, 120], "read whole after the overlapping read, then kept"
-    store.close()
-
-
-def test_a_read_overlapping_a_forget_keeps_nothing_once_the_forgets_mark_is_let_go(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An index remembers the last forgets of :data:`FORGETS_KEPT` logs only (a process
-    forgetting users for months kept a mark of each, 128 bytes a user); a read of Ann's
-    entry vectors overlapping her forget still keeps none of them after other users'
-    forgets let go of her mark."""
-    monkeypatch.setattr(vectors_module, "FORGETS_KEPT", 2)
-    store = _store(sqlite_url(tmp_path / "log.db"))
-    embedder = ConceptEmbedder()
-    _entries_said(store, "ann", [f"User noted list {i}." for i in range(40)])
-    index = VectorIndex(ProjectionTables(), embedder.name)
-    index.fill(store.engine, "ann", embedder.embed, messages=False)
-    query = embedder.embed(["list"])[0]
-    reads = _vector_reads(index, monkeypatch)
-    before = index.forgotten("ann")
-    index.forget("ann")
-    for other in ("bob", "cy", "di"):
-        index.forget(other)
-    assert len(index._forgets) == 2
-    with store.reading() as connection:
-        assert index.entries_near_each(connection, "ann", [query], 3, forgotten=before)[0]
-    with store.reading() as connection:
-        index.entries_near_each(connection, "ann", [query], 3)
-    with store.reading() as connection:
-        index.entries_near_each(connection, "ann", [query], 3)
-    assert reads == [40, 40], "read whole after the overlapping read, then kept"
     store.close()
 
 
