@@ -211,7 +211,7 @@ class Projector:
         PostgreSQL projections stamped with SQLite's layout 17 (:func:`_misstamped`) are
         stamped with their own."""
         if connection.dialect.name != "sqlite":
-            if self._stored_layout(connection) is not None and self._misstamped(connection):
+            if self._misstamped(connection):
                 self._stamp_layout(connection)
             return
         if self._stored_layout(connection) != _sqlite_layout(_MARKED_IN_PLACE):
@@ -220,8 +220,10 @@ class Projector:
         self._stamp_layout(connection)
 
     def _misstamped(self, connection: Connection) -> bool:
-        """Whether the stored layout is :func:`_misstamped`."""
+        """Whether the stored layout is :func:`_misstamped` (read once, as stored)."""
         table = self.tables.position
+        if not inspect(connection).has_table(table.name):
+            return False
         layout = connection.execute(
             select(table.c.position).where(table.c.name == _SCHEMA)
         ).scalar()
