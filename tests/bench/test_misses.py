@@ -5,11 +5,15 @@ Only the labelling is checked, on hand-made results; the replay it runs is bench
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
-from bench.misses import cause, first_item
+from bench.eval import load_dataset
+from bench.misses import cause, first_item, misses
 from memvee import RetrievalResult, RetrievedEntry, RetrievedMessage
 from projections import KnowledgeEntry, Message
+from tests.bench.test_eval import TINY
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -70,3 +74,20 @@ def test_a_question_that_returned_nothing_is_a_miss_of_its_own_cause() -> None:
     assert first_item(empty) == ("nothing", "", 0.0)
     first = _result("q", messages=[_message("My kayak is red.", score=0.7)])
     assert first_item(first) == ("user message", "My kayak is red.", 0.7)
+
+
+def test_the_misses_of_a_set_are_its_questions_whose_answer_is_not_first(
+    tmp_path: Path,
+) -> None:
+    """Replayed as bench.eval replays it, a set gives every question's answer rank, and
+    the misses are exactly the questions ranked other than first, each with that rank."""
+    path = tmp_path / "conversations.json"
+    path.write_text(json.dumps(TINY), encoding="utf-8")
+    found, ranks = misses(path)
+    questions = [(c.id, q.text) for c in load_dataset(path) for q in c.questions]
+    assert len(ranks) == len(questions) == 3
+    assert ranks[1] == 1  # only the answer says "theremin"
+    missed = [(q, rank) for q, rank in zip(questions, ranks, strict=True) if rank != 1]
+    assert [((m.conversation, m.question), m.answer_rank) for m in found] == missed
+    for miss in found:
+        assert (miss.first_kind == "nothing") == (miss.cause == "nothing returned")
