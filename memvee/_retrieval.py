@@ -603,8 +603,9 @@ class Retriever:
             for key in unembedded.intersection(candidates):
                 candidates[key].unembedded = True
             alpha = self.alpha if query_vector is not None else 1.0
+            worded = _Worded(frozenset().union(*(text_stems(t) for t in (*own, *added))), name)
             _fuse(list(candidates.values()), alpha, query)
-            _lift_entries(candidates)
+            _lift_entries(candidates, worded)
             return self._pick(
                 connection,
                 user_id,
@@ -614,7 +615,7 @@ class Retriever:
                 candidates,
                 bool(own),
                 _stems_of(own),
-                _Worded(frozenset().union(*(text_stems(t) for t in (*own, *added))), name),
+                worded,
                 alpha,
             )
 
@@ -900,16 +901,24 @@ _PRONOUNS = "I|you|he|she|it|we|they|my|your|his|her|its|our|their|me|us|them|th
 that names the user."""
 
 
-def _lift_entries(candidates: dict[str, _Candidate]) -> None:
+def _lift_entries(candidates: dict[str, _Candidate], worded: _Worded) -> None:
     """An entry scores at least as well as the best of its source messages: it states what
     they said, so a message that matches makes its fact match (and the fact comes first),
     while the facts it lifts alike keep the order of their own scores (:func:`_ranking`).
     A fact about someone of the user's the query does not name keeps only its share of
     the message's score (:data:`_OTHER_SUBJECT_SHARE`): "My mother lives in Stavanger"
-    matches "where do I live?" by its words, but the question is about the user."""
+    matches "where do I live?" by its words, but the question is about the user.
+
+    A fact sharing none of the query's words (``worded``, when it has some) is not lifted:
+    its message may match by a part the fact does not state ("I'm allergic to shellfish.
+    Help me pick a restaurant for her birthday later?" is near "what does she do on Friday
+    nights?", "User is allergic to shellfish." is not), and, lifted, it was listed before
+    the message that answers."""
     for candidate in candidates.values():
         item = candidate.item
-        if isinstance(item, KnowledgeEntry):
+        if isinstance(item, KnowledgeEntry) and (
+            not worded.words or _shares_word(candidate, item, worded)
+        ):
             sources = [
                 candidate.subject_share * candidates[m].score
                 for m in item.source_message_ids
@@ -990,8 +999,7 @@ def _not_outmatched(
     for fact in facts:
         entry = fact.item
         assert isinstance(entry, KnowledgeEntry)
-        # A lexical score tells a shared word at once; the texts tell the rest alike.
-        if (fact.lexical > 0 and worded.name is None) or worded.share(entry.text) > 0:
+        if _shares_word(fact, entry, worded):
             yield fact
             continue
         if weights is None:  # weighed once, when a fact first needs it
@@ -1007,6 +1015,13 @@ def _not_outmatched(
         above = bisect.bisect_left(below, -weight / OUTMATCHED_FACT_SHARE)
         if not above or nearest[above - 1] < _cosine_of(fact):
             yield fact
+
+
+def _shares_word(fact: _Candidate, entry: KnowledgeEntry, worded: _Worded) -> bool:
+    """Whether the fact ``entry`` (ranked as ``fact``) holds a word the query asks
+    (``worded``, the user's name at its head aside)."""
+    # A lexical score tells a shared word at once; the texts tell the rest alike.
+    return (fact.lexical > 0 and worded.name is None) or worded.share(entry.text) > 0
 
 
 def _message_weights(

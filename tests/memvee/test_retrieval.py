@@ -852,6 +852,33 @@ async def test_a_fact_found_by_meaning_alone_is_not_listed_before_a_message_outm
         assert [hit.text for hit in named.entries] == ["User likes jazz."], _by_score(named)
 
 
+async def test_a_fact_sharing_no_word_of_the_question_is_not_lifted_by_the_rest_of_its_message(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A fact scores as well as its message only where it states a word of the question:
+    "I'm allergic to shellfish. Where should we eat on Friday night?" matches "what do I do
+    on Friday nights?" by its question, which "User is allergic to shellfish." does not
+    state, so the fact is not listed (a result lists its facts first) before the message
+    that answers. A question holding its words still finds it."""
+    memory = await make_memory(
+        extractor=_citing(("User is allergic to shellfish.", "user")),
+        embedder=ConceptEmbedder(),
+        config=_EVERY_VECTOR,
+    )
+    asked = "I'm allergic to shellfish. Where should we eat on Friday night?"
+    await memory.add_exchange("ann", asked, "Try the tapas bar.", sent_at=T0)
+    await memory.flush("ann")
+    salsa, _ = await memory.add_exchange(
+        "ann", "On Friday nights I go salsa dancing.", "Have fun!", sent_at=T0
+    )
+
+    result = await memory.retrieve("ann", "what do I do on Friday nights?", include_messages=True)
+    assert result.entries == [], _by_score(result)
+    assert result.messages[0].message.message_id == salsa.message_id, _by_score(result)
+    allergy = await memory.retrieve("ann", "am I allergic to anything?", include_messages=True)
+    assert [hit.text for hit in allergy.entries] == ["User is allergic to shellfish."]
+
+
 @pytest.mark.parametrize("alpha", [0.2, 0.3, 0.4])
 async def test_a_fact_far_weaker_by_meaning_alone_is_left_out_at_any_usual_weight(
     make_memory: Callable[..., Any], alpha: float
