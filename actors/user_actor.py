@@ -73,7 +73,7 @@ from events.errors import (
     repeats,
 )
 from events.user_log import LIVE_KNOWLEDGE, WHOLE_FAILURES_IN_A_ROW
-from projections.shown import MAX_KNOWN_ENTRIES
+from projections.shown import MAX_KNOWN_ENTRIES, shown_budget
 
 __all__ = ["FAULT_REASON", "FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
 
@@ -189,7 +189,8 @@ class UserActor(PooledActor):
         self._running: str | None = None
         self._batch_messages: tuple[BatchMessage, ...] = ()
         self._batch_known = _NONE_KNOWN  # the live entries the batch was shown
-        self._shown_tokens = 0  # what the entries shown beside the last batch weighed
+        # What the entries shown beside the last batch weighed (None: no batch ran here yet)
+        self._shown_tokens: int | None = None
         self._batch_replaced: tuple[ReplacedEntry, ...] = ()  # the ended ones before those
         self._batch_reruns = 0
         self._shown_round = 0  # batches whose shown entries went to be prepared aside
@@ -326,10 +327,22 @@ class UserActor(PooledActor):
     def _limits(self) -> BatchLimits:
         """The batch limits a batch of this user is planned by: the configured ones, their
         tokens lowered while the API's body limit is learned to take fewer (HTTP 413), less
-        what the entries shown beside this user's last batch weighed."""
+        what the entries shown beside this user's last batch weighed (before this actor
+        ran one, what they may weigh: see :meth:`_most_shown`)."""
+        shown = self._shown_tokens
         return self._services.request_size.within(
-            self._services.settings.limits, self._shown_tokens
+            self._services.settings.limits, self._most_shown() if shown is None else shown
         )
+
+    def _most_shown(self) -> int:
+        """What the entries shown beside this user's next batch may weigh, before any batch
+        of this actor measured them (after a start, a restart or passivation): nothing for
+        a user with no entry to show, else the share of a batch they are given. Planned as
+        if none, a user with many entries would pay a second 413 after a size was learned."""
+        user_log = self._log
+        if user_log is None or (user_log.knowledge_count <= 0 and user_log.latest_end is None):
+            return 0
+        return shown_budget(self._services.settings.limits.max_tokens)
 
     def _log_quarantined(self, quarantined: list[str], error: str) -> None:
         """Warn of each message quarantined after failing alone ``max_attempts`` times."""
@@ -840,7 +853,7 @@ class UserActor(PooledActor):
             self._services.key_works.clear()
         if isinstance(error, RejectedBatchError) and error.too_large and len(claimed) > 1:
             sent = sum(estimate_tokens(m.content) for m in claimed)
-            self._services.request_size.too_large(sent, self._shown_tokens)
+            self._services.request_size.too_large(sent, self._shown_tokens or 0)
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor

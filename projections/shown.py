@@ -40,6 +40,7 @@ __all__ = [
     "ByMeaning",
     "Near",
     "shown_beside",
+    "shown_budget",
     "targets_of",
     "with_targets",
 ]
@@ -60,6 +61,14 @@ MEANING_TEXTS = 16
 ones) are embedded to find the entries near them by meaning, in one call of the
 embedder; the others are matched by their words only. A message the background has
 embedded already costs no embedding."""
+
+
+def shown_budget(max_batch_tokens: int) -> int:
+    """The tokens the entries shown beside a batch of ``max_batch_tokens`` take at most
+    (its :data:`KNOWN_SHARE`), unless a single entry weighs more: what a batch may be
+    planned to leave them before they are read."""
+    return max_batch_tokens // KNOWN_SHARE
+
 
 _NEAR_PER_TEXT = 4
 """The fewest entries taken by meaning for each embedded text of a batch."""
@@ -278,7 +287,7 @@ def shown_beside(
                 if entry is not None
             }.values()
         )
-    budget = max_batch_tokens // KNOWN_SHARE
+    budget = shown_budget(max_batch_tokens)
     shown: list[KnownEntry] = []  # a list: see projections.rows
     for known in [*(k for k, _ in ended), *(KnownEntry(*entry) for entry in related)]:
         budget -= estimate_tokens(known.text)

@@ -1651,3 +1651,37 @@ async def test_batches_after_a_request_too_large_start_within_the_size_that_fit(
     too_large = [size for size in sizes if size > limit]
     assert len(too_large) <= 2, "the size that fit is remembered"
     assert len(sizes) - len(too_large) <= 17, "about one request a half batch"
+
+
+async def test_a_users_first_batch_after_a_restart_is_planned_with_the_entries_it_is_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Carol's 40 entries were extracted before a restart. After it, Bob's backlog meets
+    the body limit (one 413) and the size learned is his messages' alone; Carol's first
+    batch since the restart is then planned with what her entries may weigh beside it,
+    not as if she had none: none of her requests is refused. (Her first one was refused
+    too, then split.)"""
+    limit = 15_000
+    story = "I walked along the river and watched the boats go by. " * 8
+    fill = " and I really enjoyed the long walk by the sea with my old friends from school"
+    db = tmp_path / "restart.db"
+    with MessagesAPIServer() as server:
+        async with _memory_over(server, monkeypatch, db, extraction_timeout=30) as memory:
+            for i in range(40):
+                await memory.add_exchange("carol", f"Fact {i}: I went to place {i}{fill}", "ok")
+            await memory.process("carol")
+        server.max_request_bytes, server.responder = limit, _nothing_learned
+        restarted = len(server.requests)
+        async with _memory_over(server, monkeypatch, db, extraction_timeout=30) as memory:
+            for i in range(50):
+                await memory.add_exchange("bob", f"Day {i}: {story}", "ok")
+            await memory.process("bob")
+            carols_first = len(server.requests)
+            for i in range(5):
+                await memory.add_exchange("carol", f"Day {i}: {story}", "ok")
+            await memory.process("carol")
+            assert await memory.buffer("carol") == [] and await memory.quarantined("carol") == []
+    refused = [len(json.dumps(r.body, separators=(",", ":"))) > limit for r in server.requests]
+    assert sum(refused[restarted:carols_first]) == 1, "Bob's first batch taught the size"
+    assert all(len(r.known) == 40 for r in server.requests[carols_first:])
+    assert sum(refused[carols_first:]) == 0, "Carol's batches were planned to fit"
