@@ -191,6 +191,11 @@ class SharedServices:
     """Set once a task of this engine covered messages, cleared when a run fails refused
     (the key, every request): while set, a recovery retries a user whose last run was
     refused as any other failed run (see :class:`actors._key_probe.KeyProbe`)."""
+    held_at_takeover: Callable[[str, int], None] = lambda _user_id, _waiting: None
+    """Told by the actor of a user this process just took over whose last run was refused
+    and whose ``waiting`` messages it held (see :attr:`key_works`): the engine probes the
+    key with that user, or owes them a retry while another probe runs, as an open does
+    (see :class:`actors._key_probe.KeyProbe`)."""
     refuse_unfolded: Callable[[str], None] = lambda _user_id: None
     """Raise, for a user whose log the open's fold left unfolded (an event of it cannot be
     read), the typed error naming them: that log is neither loaded nor written."""

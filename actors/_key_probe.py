@@ -28,6 +28,24 @@ class KeyProbe:
         self._lock = threading.Lock()
         self._owed: dict[str, None] = {}
         self._retry: Callable[[list[str]], None] | None = None
+        self._probing: str | None = None  # the task id of the probe in flight, if one is
+
+    def start_probe(self, task_id: str) -> bool:
+        """Whether a probe of the key may run as task ``task_id`` now: not while another
+        is in flight (those it would probe wait owed instead, and a key still refused costs
+        one run, not one per user taken over). The probe is over when that task ends, or
+        once :meth:`probe_over` says it queued nothing."""
+        with self._lock:
+            if self._probing is not None:
+                return False
+            self._probing = task_id
+            return True
+
+    def probe_over(self, task_id: str) -> None:
+        """The probe ``task_id`` ended, or never ran: another may start."""
+        with self._lock:
+            if self._probing == task_id:
+                self._probing = None
 
     @property
     def owed(self) -> frozenset[str]:
@@ -66,6 +84,7 @@ class KeyProbe:
         accepted = status == "COMPLETED" and bool(covered or knowledge_count)
         if accepted:
             self._key_works.set()
+        self.probe_over(task_id)
         self._observer.task_finished(user_id, task_id, status, knowledge_count, error, covered)
         if accepted:
             self._retry_owed()

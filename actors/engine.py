@@ -244,6 +244,7 @@ class Engine:
             stopping=self._stopping,
             refuse_unfolded=self.refuse_unfolded,
             key_works=key_works,
+            held_at_takeover=self._held_at_takeover,
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
@@ -601,9 +602,51 @@ class Engine:
         ranked = sorted(held, key=held.__getitem__, reverse=True)
         self.key_probe.owe(ranked, self._retry_after_probe(threshold))
         for probe in ranked:
-            if self.directory.call(probe, "recover", threshold, True, str(uuid4())).get().queued:
+            task_id = str(uuid4())
+            if not self.key_probe.start_probe(task_id):
+                return  # another probe runs: these wait owed to it
+            try:
+                queued = self.directory.call(probe, "recover", threshold, True, task_id).get()
+            except BaseException:
+                self.key_probe.probe_over(task_id)
+                raise
+            if queued.queued:
                 log.info("user %r: retried first, to see whether the refused key works now", probe)
                 return
+            self.key_probe.probe_over(task_id)
+
+    def _held_at_takeover(self, user_id: str, waiting: int) -> None:
+        """A user taken over here (told on its actor) had its last run refused elsewhere,
+        and ``waiting`` messages were held: probe the key with them, or owe them a retry
+        while another probe runs (:meth:`_probe_the_key`), on a thread of their own (the
+        probe calls that actor). Else they would wait for the threshold until some other
+        run of this engine showed the key works, if any ever did."""
+        if self._stopping.is_set():
+            return
+        settings = self.options.settings
+        threshold = settings.batch_threshold if settings.auto_process else None
+        threading.Thread(
+            target=self._probe_after_takeover,
+            args=({user_id: waiting}, threshold),
+            name="memvee-key-probe",
+            daemon=True,
+        ).start()
+
+    def _probe_after_takeover(self, held: dict[str, int], threshold: int | None) -> None:
+        """:meth:`_probe_the_key` for users taken over; a failure is logged, never raised
+        on a thread nobody joins (the users stay owed to the next accepted run)."""
+        try:
+            self._probe_the_key(held, threshold)
+        except RuntimeError:  # the engine stops: the next open or takeover probes them
+            return
+        except Exception as error:  # an actor's fault: it may echo a client's key
+            log_failure(
+                log,
+                logging.WARNING,
+                error,
+                self.workers.credentials(),
+                f"probing the key with users taken over ({', '.join(held)}) failed",
+            )
 
     def _retry_after_probe(self, threshold: int | None) -> Callable[[list[str]], None]:
         """What retries the users owed a run once a run showed the key works (told on that

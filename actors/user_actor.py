@@ -508,6 +508,13 @@ class UserActor(PooledActor):
             self._services.observer.task_scheduled(self.user_id, task_id, "recovery", stored=True)
         return Recovered(closed, held, queued)
 
+    def _held_at_takeover(self, recovered: Recovered) -> None:
+        """Tell the engine of a run refused elsewhere that taking the user over held: this
+        engine may not have run anything yet to know its key works, and the user's
+        messages would wait for the threshold; the engine probes the key with them."""
+        if recovered.held:
+            self._services.held_at_takeover(self.user_id, recovered.held)
+
     def refresh(self, version: int, began: datetime) -> None:
         """The stored log, begun at ``began``, reached ``version`` elsewhere: reload it and
         act on new requests, unless the copy here is of that log and as far along. A copy
@@ -526,7 +533,7 @@ class UserActor(PooledActor):
         if owner and not was:
             log.info("user %r: this process took the user over", self.user_id)
             self._forget_log()
-            self.recover(self._recovery_threshold())
+            self._held_at_takeover(self.recover(self._recovery_threshold()))
         elif was and not owner:
             log.warning("user %r: the lease was lost; processing stops here", self.user_id)
 
@@ -775,7 +782,7 @@ class UserActor(PooledActor):
             step = _Step(self, retry=retry)
             try:
                 if self._took_over:
-                    self._close_stale(self._recovery_threshold())
+                    self._held_at_takeover(self._close_stale(self._recovery_threshold()))
                 if not self._lease_held():
                     return
                 self._decide(step)

@@ -532,6 +532,34 @@ async def test_a_guest_whose_key_works_taking_over_a_user_whose_key_was_refused_
         await owner.close()
 
 
+async def test_a_guest_that_ran_nothing_taking_over_a_user_whose_key_was_refused_probes_it(
+    db_url: str,
+) -> None:
+    """The owner's run failed on a refused key, four messages left buffered, fewer than the
+    threshold; the guest has run nothing yet, so it does not know whether its key works.
+    Taking the user over, it retries that user as a probe of the key, as a reopen does:
+    its key works, and the messages are extracted. They used to wait for the threshold
+    (or for some other run of the guest to show the key works)."""
+    owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
+    owner_extractor.fault = lambda _: ExtractorAccessRefusedError("HTTP 401: invalid x-api-key")
+    config = _config(db_url, auto_process=True, batch_threshold=10, retry_delay=60)
+    owner = await Memory(config=config, extractor=owner_extractor).open()
+    guest = await Memory(config=config, extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        with pytest.raises(ProcessingError):
+            await owner.process("u")
+        await guest.add_exchange("u", "I play chess", "ok")
+        await owner.close()
+        await _until(lambda: "u" in _users_sent(guest_extractor), 30)
+        await guest.wait_for_processing("u", timeout=30)
+        assert await guest.buffer("u") == []
+        assert sum(len(b.messages) for b in guest_extractor.batches) == 4
+    finally:
+        await guest.close()
+        await owner.close()
+
+
 def _users_sent(extractor: RecordingExtractor) -> set[str]:
     """The users whose batches ``extractor`` was given."""
     return {batch.user_id for batch in list(extractor.batches)}
