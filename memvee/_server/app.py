@@ -1,10 +1,11 @@
 """The server's ASGI app: the HTTP API under ``/v1`` and MCP at ``/mcp`` on one port.
 
-Requests pass the access log (request id), ``/mcp/`` taken as ``/mcp``, the body limit,
-the token check, the refusal of compressed bodies, the refusal of bodies that are no MCP
-message the SDK can take, the user-path decoding, and ``HEAD`` taken as ``GET``, in that
-order, before FastAPI routes them; the MCP route comes from the official SDK's streamable
-HTTP app, whose session manager lives as long as the app.
+Requests pass the access log (request id), the answer to a defect of the middlewares
+after it, the refusal of a body the parser took for an upgrade's, ``/mcp/`` taken as
+``/mcp``, the body limit, the token check, the refusal of compressed bodies, the refusal
+of bodies that are no MCP message the SDK can take, the user-path decoding, and ``HEAD``
+taken as ``GET``, in that order, before FastAPI routes them; the MCP route comes from the
+official SDK's streamable HTTP app, whose session manager lives as long as the app.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from events.errors import echoed
 from memvee._memory import Memory
 from memvee._server.auth import BearerAuth, TokenBook
 from memvee._server.drain import Drain, RefusedWhileDraining
-from memvee._server.errors import AnsweredOnShutdown, error_response, install_error_handlers
+from memvee._server.errors import (
+    AnsweredOnShutdown,
+    DefectsAnswered,
+    error_response,
+    install_error_handlers,
+    on_path,
+)
 from memvee._server.host_guard import LoopbackOnly, transport_security
 from memvee._server.http_api import ANY_ROUTE_ERRORS, ErrorOut, api_router, error_responses
 from memvee._server.limits import BodyLimit, jsonrpc_refusal
@@ -132,7 +139,8 @@ def create_app(
     )
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
     drained = RefusedWhileDraining(answered, drain or Drain())
-    return AccessLog(ClosedAfterUpgrade(McpWithSlash(drained, "/mcp"), http_parser))
+    upgraded = ClosedAfterUpgrade(McpWithSlash(drained, "/mcp"), http_parser, jsonrpc_path="/mcp")
+    return AccessLog(DefectsAnswered(upgraded, jsonrpc_path="/mcp"))
 
 
 HttpParser = Literal["h11", "httptools"]
@@ -148,15 +156,36 @@ class ClosedAfterUpgrade:
 
     h11 holds on an ``Upgrade`` header alone; httptools only when ``Connection`` names
     ``upgrade`` too, and other requests (an ``Upgrade`` a proxy passed on, without the
-    token) keep their connection. The parser unknown, any ``Upgrade`` closes."""
+    token) keep their connection. The parser unknown, any ``Upgrade`` closes.
 
-    def __init__(self, app: ASGIApp, parser: HttpParser | None = None) -> None:
+    httptools also takes such a request's body for the other protocol's and hands the app
+    none: a request that has one (a POST sent with curl's ``--http2`` on plain http) is
+    refused, 422 ``invalid_input`` (on ``jsonrpc_path``, in JSON-RPC's shape), rather than
+    served as if it had been sent empty."""
+
+    def __init__(
+        self, app: ASGIApp, parser: HttpParser | None = None, *, jsonrpc_path: str | None = None
+    ) -> None:
         self.app = app
         self.parser = parser
+        self.jsonrpc_path = jsonrpc_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._held(scope.get("headers", ())):
             await self.app(scope, receive, send)
+            return
+        if self._body_taken(scope["headers"]):
+            told = (
+                "body: not read: a request asking for an upgrade (Upgrade, with Connection: "
+                "upgrade) has its body taken for the other protocol's by this server, which "
+                "upgrades none: send it without Upgrade"
+            )
+            refusal = (
+                jsonrpc_refusal(told, 422)
+                if on_path(scope, self.jsonrpc_path)
+                else error_response(scope, 422, "invalid_input", told, {"connection": "close"})
+            )
+            await refusal(scope, receive, send)
             return
 
         async def closing(message: Message) -> None:
@@ -173,12 +202,27 @@ class ClosedAfterUpgrade:
             return False
         if self.parser != "httptools":
             return True
+        return _names_upgrade(headers)
+
+    def _body_taken(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the parser (httptools, or one unknown) took the body of a request it
+        holds as an upgrade, with ``headers``, for the other protocol's."""
+        if self.parser == "h11" or not _names_upgrade(headers):
+            return False
         return any(
-            token.strip().lower() == b"upgrade"
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
             for name, value in headers
-            if name == b"connection"
-            for token in value.split(b",")
         )
+
+
+def _names_upgrade(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether ``Connection`` names ``upgrade`` among its tokens, in any copy of it."""
+    return any(
+        token.strip().lower() == b"upgrade"
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    )
 
 
 class McpWithSlash:

@@ -33,7 +33,7 @@ from events import (
 )
 from events.errors import UserForgottenError, echoed, is_database_failure
 from memvee._secrets import every_secret, redact
-from memvee._server.logs import REQUEST_ID_KEY, note_logged
+from memvee._server.logs import REQUEST_ID_KEY, logged_already, note_logged
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -44,6 +44,7 @@ __all__ = [
     "STORAGE_UNAVAILABLE",
     "AnsweredOnShutdown",
     "ApiError",
+    "DefectsAnswered",
     "caller_message",
     "classify",
     "described",
@@ -52,6 +53,7 @@ __all__ = [
     "jsonrpc_id_of",
     "mark_reads_only",
     "note_jsonrpc_id",
+    "on_path",
 ]
 
 log = logging.getLogger("memvee.server")
@@ -240,18 +242,7 @@ def install_error_handlers(
     async def on_defect(request: Request, error: Exception) -> Response:
         # Starlette raises the error again once this answer is sent: the ASGI server's own
         # line for it, without the request id, is dropped (note_logged).
-        request_id = request.scope.get(REQUEST_ID_KEY)
-        log.error(
-            "internal_error: %s",
-            type(error).__name__,
-            exc_info=error,
-            extra={"request_id": request_id},
-        )
-        note_logged(error)
-        if jsonrpc_path is not None and request.scope.get("path") == jsonrpc_path:
-            told = unexpected(request_id)
-            return jsonrpc_error(INTERNAL_ERROR, told, 500, id_json=jsonrpc_id_of(request.scope))
-        return error_response(request.scope, 500, "internal_error", unexpected(request_id))
+        return _logged_defect(request.scope, error, jsonrpc_path)
 
     app.add_exception_handler(Exception, on_defect)
     app.add_exception_handler(MemveeError, on_known)
@@ -260,6 +251,62 @@ def install_error_handlers(
         app.add_exception_handler(database_failure, on_known)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
+
+
+def _logged_defect(scope: Scope, error: Exception, jsonrpc_path: str | None) -> Response:
+    """Log ``error``, a defect, once with its traceback under the request's id (marked, so
+    that the ASGI server's line for it, without the id, is dropped), and give the 500 that
+    answers it, naming that id (on ``jsonrpc_path``, a JSON-RPC error)."""
+    request_id = scope.get(REQUEST_ID_KEY)
+    log.error(
+        "internal_error: %s", type(error).__name__, exc_info=error, extra={"request_id": request_id}
+    )
+    note_logged(error)
+    told = unexpected(request_id)
+    if on_path(scope, jsonrpc_path):
+        return jsonrpc_error(INTERNAL_ERROR, told, 500, id_json=jsonrpc_id_of(scope))
+    return error_response(scope, 500, "internal_error", told)
+
+
+def on_path(scope: Scope, path: str | None) -> bool:
+    """Whether the request of ``scope`` is for ``path``, with a trailing slash or not
+    (``/mcp/`` is served as ``/mcp``)."""
+    return path is not None and scope.get("path") in (path, path + "/")
+
+
+class DefectsAnswered:
+    """ASGI middleware, just inside the access log: an error that one of the server's own
+    middlewares raises, outside FastAPI's handlers, is handled as a route's defect is (see
+    :func:`install_error_handlers`): logged once under the request id the access log
+    names, and answered with the 500 naming it if no answer began; then raised on, as
+    Starlette raises a route's, for the ASGI server to end the connection. Without it,
+    uvicorn answered a bare text/plain 500 and logged the traceback with no request id.
+    A route's defect, logged already, is only raised on."""
+
+    def __init__(self, app: ASGIApp, *, jsonrpc_path: str | None = None) -> None:
+        self.app = app
+        self.jsonrpc_path = jsonrpc_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def noting(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting)
+        except Exception as error:
+            if logged_already(error):
+                raise
+            answer = _logged_defect(scope, error, self.jsonrpc_path)
+            if not answered:
+                await answer(scope, receive, send)
+            raise
 
 
 def _allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> str:

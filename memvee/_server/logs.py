@@ -28,6 +28,7 @@ __all__ = [
     "JsonFormatter",
     "configure_logging",
     "drop_repeated_defects",
+    "logged_already",
     "note_logged",
 ]
 
@@ -124,6 +125,11 @@ def note_logged(error: BaseException) -> None:
     vars(error)[_LOGGED_MARK] = True
 
 
+def logged_already(error: BaseException) -> bool:
+    """Whether ``error`` was logged with its traceback and request id (:func:`note_logged`)."""
+    return bool(vars(error).get(_LOGGED_MARK, False))
+
+
 def drop_repeated_defects() -> None:
     """Put :class:`_NoRepeatedDefect` on uvicorn's error logger, once: a crash the app
     logged is then logged once whoever set the logging up (``memvee serve``, or an
@@ -139,7 +145,7 @@ class _NoRepeatedDefect(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return error is None or not vars(error).get(_LOGGED_MARK, False)
+        return error is None or not logged_already(error)
 
 
 class AccessLog:

@@ -5,11 +5,12 @@ types (422), what the library refuses (422, with the library's message), unknown
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -525,16 +526,13 @@ def test_a_body_over_the_limit_announced_with_expect_100_continue_is_413_before_
     assert message_count(http, user) == 2
 
 
-async def _answers_on_one_connection(
-    memory: Memory, db_url: str, parser: HttpParser, first_headers: str
-) -> bytes:
-    """What the server, on ``parser``, sends back on one connection to a GET /healthz with
-    ``first_headers`` and a GET /readyz sent right after it, until it closes or is silent
-    for a second."""
+@contextlib.asynccontextmanager
+async def _serving(memory: Memory, db_url: str, parser: HttpParser) -> AsyncIterator[int]:
+    """The server over ``memory`` on ``parser``, as ``memory serve`` runs it, listening on
+    127.0.0.1 at the port yielded, until the block ends."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    port = listener.getsockname()[1]
     with Audit(db_url=db_url) as audit:
         app = create_app(memory, audit, max_body_bytes=1 << 20, http_parser=parser)
         config = uvicorn.Config(app, http=parser, ws="none", log_config=None, access_log=False)
@@ -543,25 +541,42 @@ async def _answers_on_one_connection(
         while not server.started:
             await asyncio.sleep(0.01)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{first_headers}\r\n"
-                "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
-            )
-            received = b""
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(reader.read(65536), 1.0)
-                except TimeoutError:
-                    break
-                if not chunk:
-                    break
-                received += chunk
-            writer.close()
-            return received
+            yield listener.getsockname()[1]
         finally:
             server.should_exit = True
             await serving
+
+
+async def _received_on_one_connection(port: int, sent: bytes) -> bytes:
+    """What the server on ``port`` sends back to ``sent`` on one connection, until it
+    closes it or is silent for a second."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(sent)
+    received = b""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), 1.0)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    writer.close()
+    return received
+
+
+async def _answers_on_one_connection(
+    memory: Memory, db_url: str, parser: HttpParser, first_headers: str
+) -> bytes:
+    """What the server, on ``parser``, sends back on one connection to a GET /healthz with
+    ``first_headers`` and a GET /readyz sent right after it, until it closes or is silent
+    for a second."""
+    async with _serving(memory, db_url, parser) as port:
+        return await _received_on_one_connection(
+            port,
+            f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{first_headers}\r\n"
+            "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
+        )
 
 
 @pytest.mark.parametrize(
@@ -582,3 +597,45 @@ async def test_only_a_request_its_parser_holds_as_an_upgrade_closes_its_connecti
 
     assert received.count(b"HTTP/1.1 200 ") == answers
     assert (b"\r\nconnection: close" in received.lower()) == closed
+
+
+@pytest.mark.parametrize(
+    ("parser", "upgrade", "body_lost"),
+    [
+        ("httptools", "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n", True),
+        ("httptools", "Upgrade: websocket\r\nConnection: upgrade\r\n", True),
+        ("httptools", "Upgrade: h2c\r\n", False),
+        ("h11", "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n", False),
+    ],
+)
+async def test_a_post_asking_for_an_upgrade_is_served_with_its_body_or_refused_in_json(
+    memory: Memory, db_url: str, parser: HttpParser, upgrade: str, body_lost: bool
+) -> None:
+    """A POST with a body and an ``Upgrade`` (curl --http2 sends h2c's on plain http) is
+    the plain POST it also is. Where the parser takes the body for the new protocol's
+    (httptools, with ``Connection: upgrade``), the app never sees it: the request is
+    refused, 422 in the JSON error shape naming why, and nothing is written. It used to
+    be answered as if sent with no body ("body: Field required"). Elsewhere its body is
+    read and the message written."""
+    body = json.dumps({"role": "user", "content": "I live in Oslo"}).encode()
+    request = (
+        f"POST /v1/users/upgrading/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n{upgrade}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    async with _serving(memory, db_url, parser) as port:
+        received = await _received_on_one_connection(port, request)
+
+    head, _, answer = received.partition(b"\r\n\r\n")
+    status = head.split(b" ")[1]
+    stored = [m.content for m in await memory.messages("upgrading")]
+    if body_lost:
+        assert status == b"422", received
+        refusal = json.loads(answer)
+        assert refusal["error"] == "invalid_input"
+        assert refusal["message"].startswith("body: not read"), refusal["message"]
+        assert f"x-request-id: {refusal['request_id']}".encode() in head.lower()
+        assert b"\r\nconnection: close" in head.lower()
+        assert stored == []
+    else:
+        assert status == b"201", received
+        assert stored == ["I live in Oslo"]

@@ -20,7 +20,8 @@ import memvee._secrets
 from events import ProcessingError
 from events.extraction import BatchMessage, ExtractionBatch
 from memvee import Memory
-from memvee._server.app import create_app
+from memvee._server.app import ClosedAfterUpgrade, HeadAsGet, create_app
+from memvee._server.limits import BodyLimit
 from memvee._server.logs import configure_logging
 from memvee.audit import Audit
 from memvee.extractors import ClaudeExtractor
@@ -247,3 +248,45 @@ async def test_a_defect_is_logged_once_when_an_application_serves_the_app_its_ow
         if record.exc_info or record.exc_text
     ]
     assert logged == [("memvee.server", answer.headers["x-request-id"])]
+
+
+@pytest.mark.parametrize(
+    "middleware", [ClosedAfterUpgrade, BodyLimit, HeadAsGet], ids=["outermost", "guard", "inner"]
+)
+async def test_a_defect_in_a_middleware_is_answered_and_logged_once_under_its_request_id(
+    logs: Callable[[], str],
+    memory: Memory,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    middleware: type,
+) -> None:
+    """A crash in one of the server's own middlewares, outside FastAPI's handlers, is
+    answered as a route's defect is, a JSON 500 naming the request, and its traceback is
+    logged once under that id. It was uvicorn's bare text/plain 500 with no id, and
+    uvicorn's "Exception in ASGI application" line with no id either, so the access
+    log's 500 could not be tied to its traceback."""
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("defect in a middleware")
+
+    monkeypatch.setattr(middleware, "__call__", crash)
+    configure_logging("info")
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        answer = await _served_once(app, "/v1/users/ann/retrieve", {"query": "x"})
+
+    request_id = answer.headers.get("x-request-id")
+    assert answer.status_code == 500
+    assert answer.json() == {
+        "error": "internal_error",
+        "message": f"the server failed unexpectedly; its log says why (request {request_id})",
+        "request_id": request_id,
+    }
+    records = _records(logs())
+    with_traceback = [record for record in records if "exception" in record]
+    assert [(r["logger"], r["level"], r["request_id"]) for r in with_traceback] == [
+        ("memvee.server", "error", request_id)
+    ]
+    assert "RuntimeError: defect in a middleware" in with_traceback[0]["exception"]
+    (access,) = [r for r in records if r["logger"] == "memvee.server.access"]
+    assert (access["status"], access["request_id"]) == (500, request_id)
