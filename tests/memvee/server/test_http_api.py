@@ -606,6 +606,22 @@ def test_a_loopback_server_answers_no_rebound_host_nor_another_site(
     assert listed.status_code == 200, listed.text
 
 
+async def _post_in_process(
+    memory: Memory,
+    db_url: str,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """POST ``body`` to ``path`` of an app serving ``memory`` in this process, its
+    failures answered as the server answers them (not raised into the test)."""
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            return await http.post(path, json=body, headers=headers)
+
+
 async def test_a_route_that_crashes_answers_the_json_internal_error_without_its_words(
     memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -618,11 +634,7 @@ async def test_a_route_that_crashes_answers_the_json_internal_error_without_its_
         raise RuntimeError("postgresql://memvee:s3cret@db/memvee is gone")
 
     monkeypatch.setattr(memory, "retrieve", crash)
-    with Audit(db_url=db_url) as audit:
-        app = create_app(memory, audit, max_body_bytes=1 << 20)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-            answer = await http.post("/v1/users/ann/retrieve", json={"query": "x"})
+    answer = await _post_in_process(memory, db_url, "/v1/users/ann/retrieve", {"query": "x"})
 
     assert answer.status_code == 500
     assert answer.headers["content-type"] == "application/json"
@@ -651,11 +663,7 @@ async def test_a_500_never_shows_the_errors_own_words(
         )
 
     monkeypatch.setattr(memory, "retrieve", crash)
-    with Audit(db_url=db_url) as audit:
-        app = create_app(memory, audit, max_body_bytes=1 << 20)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-            answer = await http.post("/v1/users/ann/retrieve", json={"query": "x"})
+    answer = await _post_in_process(memory, db_url, "/v1/users/ann/retrieve", {"query": "x"})
 
     request_id = answer.headers["x-request-id"]
     assert (answer.status_code, answer.json()) == (
@@ -681,11 +689,7 @@ async def test_a_processing_failures_words_reach_the_caller_without_a_secret(
         )
 
     monkeypatch.setattr(memory, "retrieve", fail)
-    with Audit(db_url=db_url) as audit:
-        app = create_app(memory, audit, max_body_bytes=1 << 20)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-            answer = await http.post("/v1/users/ann/retrieve", json={"query": "x"})
+    answer = await _post_in_process(memory, db_url, "/v1/users/ann/retrieve", {"query": "x"})
 
     assert answer.status_code == 502
     assert answer.json()["message"] == (
@@ -705,15 +709,13 @@ async def test_a_defect_on_mcp_is_answered_as_a_jsonrpc_error_naming_the_request
         raise RuntimeError("defect in the session manager")
 
     monkeypatch.setattr(StreamableHTTPSessionManager, "handle_request", crash)
-    with Audit(db_url=db_url) as audit:
-        app = create_app(memory, audit, max_body_bytes=1 << 20)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-            answer = await http.post(
-                "/mcp",
-                json={"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}},
-                headers={"accept": "application/json, text/event-stream"},
-            )
+    answer = await _post_in_process(
+        memory,
+        db_url,
+        "/mcp",
+        {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}},
+        headers={"accept": "application/json, text/event-stream"},
+    )
 
     request_id = answer.headers["x-request-id"]
     told = f"the server failed unexpectedly; its log says why (request {request_id})"
