@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint typecheck unit bench eval crash soak clean peer
+.PHONY: install demo test lint typecheck unit bench eval eval-postgres crash soak clean peer
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: install
 
 eval: install
 	$(BIN)/python -m bench.eval
+
+# The same eval replayed into PostgreSQL (a throwaway server; a fresh database per replay).
+eval-postgres: install
+	scripts/with-postgres.sh sh -c '$(BIN)/python -m bench.eval --db-url "$$MEMVEE_TEST_PG_URL"'
 
 # The SIGKILL and multi-process campaigns, repeated a bounded number of times.
 CRASH_ROUNDS ?= 10

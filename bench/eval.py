@@ -21,15 +21,20 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine, make_url, text
+
 from bench.bm25 import BM25
 from bench.common import PROJECT_ROOT, Section, progress
 from bench.report import make_console, print_section
+from events import InvalidInputError, driver_url
 from memvee import Extractor, Memory, MemoryConfig, RetrievalResult
 from memvee._config import DEFAULT_ALPHA
 from memvee.extractors import ClaudeExtractor, OfflineExtractor
@@ -46,15 +51,19 @@ __all__ = [
     "Replayed",
     "Session",
     "Summary",
+    "add_db_url_argument",
+    "backend_name",
     "bm25_ranked",
     "bm25_scores",
     "details_section",
+    "eval_config",
     "evaluate",
     "load_dataset",
     "main",
     "ranked_ids",
     "replay",
     "score_question",
+    "server_url_of",
     "summarize",
 ]
 
@@ -317,13 +326,24 @@ async def evaluate(
     extractor: Extractor,
     folder: Path,
     embedder: Any = None,
+    server_url: str | None = None,
 ) -> EvalRun:
-    """Replay ``conversations`` into a new database in ``folder`` with ``extractor``, then
-    ask every question in both modes; the database is left for the caller to delete.
+    """Replay ``conversations`` into a new database with ``extractor``, then ask every
+    question in both modes: a SQLite file in ``folder``, left for the caller to delete, or,
+    given a PostgreSQL ``server_url``, a database of its own there (see :func:`eval_config`).
 
     ``embedder`` is passed to the Memory (default: memvee's default, hybrid ranking).
     """
-    config = MemoryConfig(db_path=str(folder / "eval.db"), durability="normal")
+    with eval_config(folder, "eval.db", server_url) as config:
+        return await _evaluate(conversations, extractor, config, embedder)
+
+
+async def _evaluate(
+    conversations: Sequence[Conversation],
+    extractor: Extractor,
+    config: MemoryConfig,
+    embedder: Any,
+) -> EvalRun:
     limit = asyncio.Semaphore(_CONCURRENT_CONVERSATIONS)
     name = str(getattr(extractor, "name", type(extractor).__name__))
     async with Memory(config=config, extractor=extractor, embedder=embedder) as memory:
@@ -361,9 +381,51 @@ async def evaluate(
     )
 
 
-def _run(conversations: Sequence[Conversation], extractor: Extractor) -> EvalRun:
+def _run(
+    conversations: Sequence[Conversation], extractor: Extractor, server_url: str | None
+) -> EvalRun:
     with tempfile.TemporaryDirectory(prefix="memvee-eval-") as folder:
-        return asyncio.run(evaluate(conversations, extractor, Path(folder)))
+        return asyncio.run(evaluate(conversations, extractor, Path(folder), server_url=server_url))
+
+
+# ---------------------------------------------------------------------------- backends
+
+
+@contextmanager
+def eval_config(folder: Path, name: str, server_url: str | None = None) -> Iterator[MemoryConfig]:
+    """The configuration a replay writes with: the SQLite file ``name`` in ``folder``, or,
+    given a PostgreSQL ``server_url``, a database made for this replay alone on that server
+    and dropped when the block ends, so runs never see each other's rows."""
+    if server_url is None:
+        yield MemoryConfig(db_path=str(folder / name), durability="normal")
+        return
+    server = make_url(server_url)
+    database = f"memvee_eval_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{database}" TEMPLATE template0'))
+        try:
+            url = server.set(database=database).render_as_string(hide_password=False)
+            yield MemoryConfig(db_url=url, durability="normal")
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE "{database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def backend_name(server_url: str | None) -> str:
+    """The database a run replays into, as its reports name it."""
+    if server_url is None:
+        return "SQLite"
+    admin = create_engine(make_url(server_url))
+    try:
+        with admin.connect() as connection:
+            version = connection.execute(text("SHOW server_version")).scalar_one()
+    finally:
+        admin.dispose()
+    return f"PostgreSQL {str(version).split()[0]}"
 
 
 # ---------------------------------------------------------------------------- report
@@ -396,11 +458,16 @@ def report_section(
     total_questions: int,
     with_stale: int,
     reference: Summary | None = None,
+    backend: str = "SQLite",
 ) -> Section:
     """The results as one table: a row per extractor and ``include_messages`` mode, and
-    the plain BM25 ``reference`` measured on the same questions, when given."""
+    the plain BM25 ``reference`` measured on the same questions, when given; ``backend``
+    names the database memvee ranked in."""
     section = Section(
-        title=f"Retrieval on the eval set (top_k={TOP_K}; scores are reported, never asserted)",
+        title=(
+            f"Retrieval on the eval set, {backend} (top_k={TOP_K}; scores are reported, "
+            "never asserted)"
+        ),
         columns=list(_COLUMNS),
     )
     if reference is not None:
@@ -488,13 +555,23 @@ def mode_scores(ranked: Ranked, kind: str | None = None) -> ModeScores:
 
 
 async def evaluate_modes(
-    conversations: Sequence[Conversation], folder: Path, embedder: Any
+    conversations: Sequence[Conversation],
+    folder: Path,
+    embedder: Any,
+    server_url: str | None = None,
 ) -> dict[float, Ranked]:
-    """Replay with the offline extractor, then rank every question (messages included,
-    top 10) at each lexical weight of :data:`ALPHAS`."""
+    """Replay with the offline extractor (into ``folder``, or a database of its own on
+    the PostgreSQL ``server_url``: see :func:`eval_config`), then rank every question
+    (messages included, top 10) at each lexical weight of :data:`ALPHAS`."""
+    with eval_config(folder, "modes.db", server_url) as config:
+        return await _evaluate_modes(conversations, config, embedder)
+
+
+async def _evaluate_modes(
+    conversations: Sequence[Conversation], config: MemoryConfig, embedder: Any
+) -> dict[float, Ranked]:
     from memvee._retrieval import Retriever
 
-    config = MemoryConfig(db_path=str(folder / "modes.db"), durability="normal")
     limit = asyncio.Semaphore(_CONCURRENT_CONVERSATIONS)
     async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
 
@@ -537,14 +614,20 @@ def bm25_ranked(conversations: Sequence[Conversation]) -> Ranked:
 
 
 def modes_section(
-    name: str, results: dict[float, Ranked], reference: Ranked | None = None
+    name: str,
+    results: dict[float, Ranked],
+    reference: Ranked | None = None,
+    backend: str = "SQLite",
 ) -> Section:
     """A table of recall per lexical weight (lexical only and semantic only included), with
     recall@10 per kind of question where the set labels kinds; the plain BM25
-    ``reference`` first, when given, and each mode's recall@10 against it."""
+    ``reference`` first, when given, and each mode's recall@10 against it; ``backend``
+    names the database memvee ranked in."""
     kinds = sorted({k for ranked in results.values() for ks, _ in ranked for k in ks})
     section = Section(
-        title=f"Ranking modes on {name} (offline extractor, messages included, top 10)",
+        title=(
+            f"Ranking modes on {name}, {backend} (offline extractor, messages included, top 10)"
+        ),
         columns=[
             "ranking",
             "alpha",
@@ -628,24 +711,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also print the rank of each question's answer at the default weight, per set",
     )
+    add_db_url_argument(parser)
     args = parser.parse_args(argv)
+    server_url = server_url_of(parser, args.db_url)
+    backend = backend_name(server_url)
     conversations = load_dataset(args.dataset)
     total = sum(len(c.questions) for c in conversations)
     with_stale = sum(1 for c in conversations for q in c.questions if q.stale)
     console = make_console()
     console.print(
         f"[bold]memvee retrieval evaluation[/bold] {datetime.now(UTC):%Y-%m-%d %H:%M} UTC - "
-        f"{len(conversations)} conversations, {total} questions - "
+        f"{len(conversations)} conversations, {total} questions - {backend} - "
         f"Python {platform.python_version()}"
     )
     console.print()
     runs: list[EvalRun] = []
     progress("extractor offline")
-    runs.append(_run(conversations, OfflineExtractor()))
+    runs.append(_run(conversations, OfflineExtractor(), server_url))
     if os.environ.get(API_KEY_ENV_VAR, "").strip():
         progress("extractor claude")
         try:
-            runs.append(_run(conversations, ClaudeExtractor()))
+            runs.append(_run(conversations, ClaudeExtractor(), server_url))
         except Exception as error:
             console.print(f"[red]Claude run failed:[/red] {type(error).__name__}: {error}")
             console.print()
@@ -653,17 +739,54 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"Claude skipped: {API_KEY_ENV_VAR} is not set.")
         console.print()
     reference = summarize([score for c in conversations for score in bm25_scores(c, TOP_K)])
-    print_section(console, report_section(runs, total, with_stale, reference))
+    print_section(console, report_section(runs, total, with_stale, reference, backend))
     paths = [args.dataset, *(p for p in EXTRA_DATASETS if p != args.dataset)]
-    _print_modes(console, paths, details=args.details)
+    _print_modes(console, paths, details=args.details, server_url=server_url, backend=backend)
     return 0
+
+
+def add_db_url_argument(parser: argparse.ArgumentParser) -> None:
+    """``--db-url``: replay into PostgreSQL instead of a SQLite file."""
+    parser.add_argument(
+        "--db-url",
+        metavar="URL",
+        help=(
+            "replay into a fresh database on this PostgreSQL server (dropped at the end) "
+            "instead of a SQLite file; `make eval-postgres` passes the throwaway server of "
+            "scripts/with-postgres.sh"
+        ),
+    )
+
+
+def server_url_of(parser: argparse.ArgumentParser, db_url: str | None) -> str | None:
+    """The PostgreSQL server ``--db-url`` names (None: SQLite); an empty or non-PostgreSQL
+    URL stops the command, as an unset server variable passed on would otherwise run the
+    SQLite eval under a PostgreSQL label."""
+    if db_url is None:
+        return None
+    if not db_url.strip():
+        parser.error("--db-url is empty: no PostgreSQL server was given")
+    try:
+        url = driver_url(db_url, name="--db-url")
+    except InvalidInputError as error:
+        parser.error(str(error))
+    if make_url(url).get_backend_name() != "postgresql":
+        parser.error("--db-url must name a PostgreSQL server")
+    return url
 
 
 EXTRA_DATASETS = (PROJECT_ROOT / "tests" / "data" / "eval" / "people.json",)
 """More labelled sets for the ranking modes: long two-person conversations."""
 
 
-def _print_modes(console: Any, paths: Sequence[Path], *, details: bool = False) -> None:
+def _print_modes(
+    console: Any,
+    paths: Sequence[Path],
+    *,
+    details: bool = False,
+    server_url: str | None = None,
+    backend: str = "SQLite",
+) -> None:
     """Lexical, semantic and hybrid ranking on each set, and the weight they point to; with
     ``details``, each question's rank at the default weight too."""
     from memvee.embedders import OnnxMiniLMEmbedder
@@ -676,9 +799,10 @@ def _print_modes(console: Any, paths: Sequence[Path], *, details: bool = False) 
         progress(f"ranking modes on {path.name}")
         conversations = load_dataset(path)
         with tempfile.TemporaryDirectory(prefix="memvee-eval-") as folder:
-            results = asyncio.run(evaluate_modes(conversations, Path(folder), embedder))
+            results = asyncio.run(evaluate_modes(conversations, Path(folder), embedder, server_url))
         per_set.append(results)
-        print_section(console, modes_section(path.name, results, bm25_ranked(conversations)))
+        reference = bm25_ranked(conversations)
+        print_section(console, modes_section(path.name, results, reference, backend))
         if details and DEFAULT_ALPHA in results:
             print_section(
                 console, details_section(path.name, conversations, results[DEFAULT_ALPHA])

@@ -24,9 +24,13 @@ from bench.eval import (
     Conversation,
     Position,
     Replayed,
+    add_db_url_argument,
+    backend_name,
+    eval_config,
     load_dataset,
     ranked_ids,
     replay,
+    server_url_of,
 )
 from memvee import Memory, MemoryConfig, RetrievalResult
 from memvee._config import DEFAULT_ALPHA
@@ -106,13 +110,12 @@ def first_item(result: RetrievalResult) -> tuple[str, str, float]:
 
 
 async def _misses(
-    conversations: Sequence[Conversation], folder: Path, alpha: float
+    conversations: Sequence[Conversation], config: MemoryConfig, alpha: float
 ) -> tuple[list[Miss], list[int | None]]:
     """Replay ``conversations`` and rank each question: the questions missed at 1, and
     the rank of every question's answer (None when it is not returned)."""
     from memvee.embedders import OnnxMiniLMEmbedder
 
-    config = MemoryConfig(db_path=str(folder / "misses.db"), durability="normal")
     found: list[Miss] = []
     ranks: list[int | None] = []
     async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
@@ -161,11 +164,17 @@ async def _misses(
     return found, ranks
 
 
-def misses(path: Path, alpha: float = DEFAULT_ALPHA) -> tuple[list[Miss], list[int | None]]:
+def misses(
+    path: Path, alpha: float = DEFAULT_ALPHA, server_url: str | None = None
+) -> tuple[list[Miss], list[int | None]]:
     """The questions of the set at ``path`` missed at 1, and every answer's rank, ranked
-    at the lexical weight ``alpha``."""
-    with tempfile.TemporaryDirectory(prefix="memvee-misses-") as folder:
-        return asyncio.run(_misses(load_dataset(path), Path(folder), alpha))
+    at the lexical weight ``alpha``; replayed into a SQLite file, or a database of its own
+    on the PostgreSQL ``server_url`` (see :func:`bench.eval.eval_config`)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="memvee-misses-") as folder,
+        eval_config(Path(folder), "misses.db", server_url) as config,
+    ):
+        return asyncio.run(_misses(load_dataset(path), config, alpha))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,16 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--alpha", type=float, default=DEFAULT_ALPHA, help="the lexical weight (default: memvee's)"
     )
+    add_db_url_argument(parser)
     args = parser.parse_args(argv)
+    server_url = server_url_of(parser, args.db_url)
+    backend = backend_name(server_url)
     paths = args.dataset or [DATASET, *EXTRA_DATASETS]
     for path in paths:
-        found, ranks = misses(path, args.alpha)
+        found, ranks = misses(path, args.alpha, server_url)
         recall = [
             sum(1 for r in ranks if r is not None and r <= k) / len(ranks) for k in (1, 5, 10)
         ]
         print(
-            f"== {path.name}: {len(found)} of {len(ranks)} questions missed at 1; recall@1 "
-            f"{recall[0]:.3f}, @5 {recall[1]:.3f}, @10 {recall[2]:.3f}"
+            f"== {path.name} on {backend}: {len(found)} of {len(ranks)} questions missed at 1; "
+            f"recall@1 {recall[0]:.3f}, @5 {recall[1]:.3f}, @10 {recall[2]:.3f}"
         )
         for miss in found:
             print(

@@ -7,32 +7,41 @@ asserted; retrieval quality is reported by ``make eval``, not tested.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
 from bench.eval import (
     DATASET,
     EvalRun,
     QuestionScore,
     Summary,
+    backend_name,
     bm25_ranked,
     bm25_scores,
     details_section,
+    eval_config,
     evaluate,
     load_dataset,
+    main,
     modes_section,
     ranked_ids,
     replay,
     report_section,
     score_question,
+    server_url_of,
     summarize,
 )
 from memvee import Memory, MemoryConfig, RetrievalResult, RetrievedEntry, RetrievedMessage
 from memvee.extractors import OfflineExtractor
 from projections import KnowledgeEntry, Message
+from tests.support.backends import postgres_url
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 NO_STALE: frozenset[str] = frozenset()
@@ -263,11 +272,15 @@ def test_the_details_name_each_question_with_the_rank_of_its_answer(tmp_path: Pa
 # ---------------------------------------------------------------------------- end to end
 
 
-async def test_end_to_end_with_the_offline_extractor(tmp_path: Path) -> None:
+async def test_end_to_end_with_the_offline_extractor(
+    tmp_path: Path, eval_server: str | None
+) -> None:
     conversations = load_dataset(_write_tiny(tmp_path))
     folder = tmp_path / "db"
     folder.mkdir()
-    run = await evaluate(conversations, OfflineExtractor(), folder, embedder=False)
+    run = await evaluate(
+        conversations, OfflineExtractor(), folder, embedder=False, server_url=eval_server
+    )
     assert run.extractor == "offline"
     assert set(run.summaries) == {False, True}
     for include_messages, summary in run.summaries.items():
@@ -283,3 +296,68 @@ async def test_end_to_end_with_the_offline_extractor(tmp_path: Path) -> None:
     theremin = 1
     assert conversations[0].questions[theremin].text == "theremin"
     assert run.scores[True][theremin].rank == 1
+
+
+def _eval_databases(server_url: str) -> list[str]:
+    engine = create_engine(server_url)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE 'memvee_eval_%'")
+            )
+            return sorted(found.scalars())
+    finally:
+        engine.dispose()
+
+
+async def test_an_eval_on_postgresql_replays_into_a_database_of_its_own_dropped_at_the_end(
+    tmp_path: Path,
+) -> None:
+    server = postgres_url()
+    before = _eval_databases(server)
+    conversations = load_dataset(_write_tiny(tmp_path))
+    seen: list[str] = []
+    with eval_config(tmp_path, "unused.db", server) as config:
+        assert config.db_url is not None
+        database = make_url(config.db_url).database
+        assert database is not None and database != make_url(server).database
+        seen = [d for d in _eval_databases(server) if d not in before]
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            replayed = await replay(memory, conversations[0])
+            assert len(await memory.messages(replayed.user_id)) == 10
+    assert seen == [database]
+    assert _eval_databases(server) == before
+    assert not (tmp_path / "unused.db").exists()
+
+
+def test_the_tables_name_the_backend_memvee_ranked_in() -> None:
+    ours = Summary(questions=1, recall_at_1=1.0, recall_at_5=1.0, stale_at_1=0.0, empty=0.0)
+    run = EvalRun("offline", {True: []}, {True: ours}, 0, 0, 0.0, 0.0)
+    assert "SQLite" in report_section([run], 1, 0).title
+    assert "PostgreSQL 15.4" in report_section([run], 1, 0, backend="PostgreSQL 15.4").title
+    modes = modes_section("set", {1.0: [((), 1)]}, backend="PostgreSQL 15.4")
+    assert "on set, PostgreSQL 15.4" in modes.title
+    assert backend_name(None) == "SQLite"
+
+
+def test_the_eval_is_refused_a_db_url_that_names_no_postgresql_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unset server variable passed on as ``--db-url ""`` stops the run rather than
+    printing SQLite's figures under PostgreSQL's name."""
+    for given, said in (
+        ("", "no PostgreSQL server was given"),
+        ("sqlite:////tmp/x.db", "must name a PostgreSQL server"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main(["--db-url", given])
+        assert stopped.value.code == 2
+        assert said in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    assert server_url_of(parser, None) is None
+    assert server_url_of(parser, "postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
+
+
+def test_the_postgresql_backend_is_named_with_its_server_version() -> None:
+    name = backend_name(postgres_url())
+    assert name.startswith("PostgreSQL ") and name.split()[1][0].isdigit()

@@ -77,13 +77,14 @@ def test_a_question_that_returned_nothing_is_a_miss_of_its_own_cause() -> None:
 
 
 def test_the_misses_of_a_set_are_its_questions_whose_answer_is_not_first(
-    tmp_path: Path,
+    tmp_path: Path, eval_server: str | None
 ) -> None:
-    """Replayed as bench.eval replays it, a set gives every question's answer rank, and
-    the misses are exactly the questions ranked other than first, each with that rank."""
+    """Replayed as bench.eval replays it (into a SQLite file, or a database of its own on
+    PostgreSQL), a set gives every question's answer rank, and the misses are exactly the
+    questions ranked other than first, each with that rank."""
     path = tmp_path / "conversations.json"
     path.write_text(json.dumps(TINY), encoding="utf-8")
-    found, ranks = misses(path)
+    found, ranks = misses(path, server_url=eval_server)
     questions = [(c.id, q.text) for c in load_dataset(path) for q in c.questions]
     assert len(ranks) == len(questions) == 3
     assert ranks[1] == 1  # only the answer says "theremin"
