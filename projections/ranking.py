@@ -665,6 +665,10 @@ def _pg_select(
 
     The owner's token (``owner``) is looked up in the same index as the terms, so the
     index finds only the user's matches; the ``WHERE`` on the user stays besides.
+
+    ``ts_rank`` ignores a row's length, where SQLite's bm25 favours the shorter text; its
+    length normalizations and ``ts_rank_cd`` were measured on ``make eval-postgres`` and
+    each lowered the default ranking's recall somewhere (README, "Retrieval evaluation").
     """
     vector: ColumnClause[Any] = literal_column(f"{table.name}.{PG_VECTOR}")
     terms = _pg_tsquery("query")
