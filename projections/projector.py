@@ -30,7 +30,14 @@ from events.errors import NewerEventError, UnreadableEventError
 from projections.folds import PROJECTIONS, Projection
 from projections.remembered import RememberedRows
 from projections.rows import Row, TableRows
-from projections.search import MESSAGES_INDEXED, SearchIndex, search_fingerprint
+from projections.search import (
+    MARKED_BY_FIRST_WRITE,
+    MARKED_BY_VERSION,
+    MARKED_CURRENT,
+    MESSAGES_INDEXED,
+    SearchIndex,
+    search_fingerprint,
+)
 from projections.sink import Derived, Joined, TableSink, driver_cursor, is_psycopg
 from projections.tables import ProjectionTables
 from projections.vectors import hold_off_vector_writes
@@ -42,7 +49,7 @@ _REBUILDING = "rebuilding"
 _GENERATION = "generation"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 """The layout of the projection tables; bump it when a table, a fold or the search
 fingerprint (how words are cut and indexed) changes: an older memvee refuses only a
 higher number, and would otherwise lay a newer database out again in its own layout.
@@ -54,18 +61,25 @@ citations of a message that said a known entry again (``repeated``). 17 marks ea
 knowledge version's current entries in SQLite's index apart, so that a version's newest
 rows of a word are its own (see :func:`projections.search.current_token`); an index of 16
 is marked so in place at the open (:meth:`Projector.create`), and PostgreSQL, which
-stores no mark, stays at 16 (:data:`POSTGRES_SCHEMA_VERSION`)."""
+stores no mark, stays at 16 (:data:`POSTGRES_SCHEMA_VERSION`). 18 marks them by their
+version's first write instead of its name, so that a promotion marks no entry again; an
+index of 16 or 17 is marked so in place at the open, and PostgreSQL stays at 16."""
 
 POSTGRES_SCHEMA_VERSION = 16
 """The layout of the projection tables on PostgreSQL: :data:`SCHEMA_VERSION` but for a
-change of SQLite's index alone (17), which left nothing stored on PostgreSQL otherwise.
+change of SQLite's index alone (17, 18), which left nothing stored on PostgreSQL otherwise.
 Kept there, a database upgrades without a refold, and a memvee of the layout before still
 opens it (in a rolling upgrade, say). Bump it with :data:`SCHEMA_VERSION` for any change
 that PostgreSQL's tables see."""
 
-_MARKED_IN_PLACE = 16
-"""The SQLite layout whose index :meth:`Projector.create` marks by knowledge version in
-place (:meth:`projections.search.SearchIndex.mark_versions`), rather than refolding."""
+_MARKED_IN_PLACE = (16, 17)
+"""The SQLite layouts whose index :meth:`Projector.create` marks by each knowledge
+version's first write in place (:meth:`projections.search.SearchIndex.mark_by_first_write`),
+rather than refolding."""
+
+_MARKS = {16: MARKED_CURRENT, 17: MARKED_BY_VERSION}
+"""How SQLite's index of each earlier layout (16 on) marked current entries; later ones by
+:data:`~projections.search.MARKED_BY_FIRST_WRITE`."""
 
 VECTORS_SINCE = 10
 """The first schema version whose embeddings' ids are stored as now (16 bytes on SQLite,
@@ -203,10 +217,10 @@ class Projector:
         return fresh
 
     def _mark_versions_in_place(self, connection: Connection) -> None:
-        """Bring SQLite projections of layout :data:`_MARKED_IN_PLACE` (this installation's
-        words) to this layout in the caller's transaction: its one change is the mark of
-        other knowledge versions' current entries in the index, so the index is marked
-        again in one statement where a refold of the whole log took seconds to minutes.
+        """Bring SQLite projections of a layout of :data:`_MARKED_IN_PLACE` (this
+        installation's words) to this layout in the caller's transaction: what changed
+        since is the mark of current entries in the index, so the index is marked again in
+        one statement where a refold of the whole log took seconds to minutes.
 
         PostgreSQL projections stamped with SQLite's layout 17 (:func:`_misstamped`) are
         stamped with their own."""
@@ -214,9 +228,10 @@ class Projector:
             if self._misstamped(connection):
                 self._stamp_layout(connection)
             return
-        if self._stored_layout(connection) != _sqlite_layout(_MARKED_IN_PLACE):
+        stored = self._stored_layout(connection)
+        if stored not in {_sqlite_layout(schema) for schema in _MARKED_IN_PLACE}:
             return
-        self.search.mark_versions(connection)
+        self.search.mark_by_first_write(connection)
         self._stamp_layout(connection)
 
     def _misstamped(self, connection: Connection) -> bool:
@@ -672,12 +687,12 @@ def _layout(connection: Connection) -> int:
     unindexed as it was indexed). PostgreSQL's is of :data:`POSTGRES_SCHEMA_VERSION`."""
     if connection.dialect.name == "sqlite":
         return _sqlite_layout(SCHEMA_VERSION)
-    fingerprint = search_fingerprint(versions_marked=False)  # no mark stored
+    fingerprint = search_fingerprint(MARKED_CURRENT)  # no mark stored
     return POSTGRES_SCHEMA_VERSION << 20 | fingerprint & 0xFFFFF  # fits a 32-bit column
 
 
 def _sqlite_layout(schema: int) -> int:
     """The stored layout of SQLite projections of ``schema`` (16 or later) and this
     installation's words: from 17 on, the index marks knowledge versions apart."""
-    fingerprint = search_fingerprint(versions_marked=schema >= 17)
+    fingerprint = search_fingerprint(_MARKS.get(schema, MARKED_BY_FIRST_WRITE))
     return schema << 20 | fingerprint & 0xFFFFF

@@ -244,7 +244,9 @@ class LexicalRanker:
         own, extra_words = own_and_added_words(terms, added)
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),) * 2
-            current = None if dated else version
+            current = None if dated else self.search.first_write(connection, log_id, version)
+            if not dated and current is None:
+                return []  # the version holds no entry of the user
             matches = _fts_matches(log_id, own, extra_words, current=current)
             words = (
                 tuple(
@@ -430,11 +432,12 @@ def _tiered(hits: list[tuple[T, float, bool]]) -> list[tuple[T, float]]:
 
 
 def _fts_matches(
-    log_id: str, own: list[str], added: list[str], *, current: str | None = None
+    log_id: str, own: list[str], added: list[str], *, current: int | None = None
 ) -> tuple[str, ...]:
     """The FTS5 queries of a search: of the query's ``own`` index words and, if its
-    topics ``added`` any, of every word; with ``current``, a knowledge version, of that
-    version's entries marked current only (:func:`~projections.search.current_token`):
+    topics ``added`` any, of every word; with ``current``, the first write of a knowledge
+    version, of that version's entries marked current only
+    (:func:`~projections.search.current_token`):
     the ended ones, every past value of a fact, and the other versions' are never scored.
     The owner column weighs 0, so the ranks are the same."""
     owner = owner_token(log_id)

@@ -42,7 +42,6 @@ from sqlalchemy import Column, Connection, MetaData, Table, Text, inspect, text
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from events import UserLog
-from events.user_log import LIVE_KNOWLEDGE
 from projections.columns import id_param, id_text
 from projections.comparison import Listing, sortable
 from projections.rows import Row
@@ -53,6 +52,9 @@ from projections.words import UNSPACED_RUN, fold, word_pieces
 
 __all__ = [
     "LONGEST_WORD_BYTES",
+    "MARKED_BY_FIRST_WRITE",
+    "MARKED_BY_VERSION",
+    "MARKED_CURRENT",
     "MAX_QUERY_TOKENS",
     "MESSAGES_INDEXED",
     "PG_VECTOR",
@@ -122,14 +124,25 @@ _INDEX_PAGE = 2000
 """Messages read and indexed per statement by :meth:`SearchIndex.index_messages`."""
 _EXTRACTED = (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted)
 """The events whose entries go in the index."""
-_MARKED_BY = frozenset({"valid_until", "knowledge_version"})
-"""The knowledge columns an indexed entry's mark follows (see :func:`current_token`)."""
-_CURRENT_MARK_SQL = (
-    f"'now' || CASE knowledge_version WHEN '{LIVE_KNOWLEDGE}' THEN '' "
-    "ELSE lower(hex(knowledge_version)) END"
-)
-"""A current knowledge row's mark after its owner token, in SQLite: what
-:func:`current_token` adds."""
+MARKED_CURRENT = "current marked"
+"""How the index marked current entries in layouts 15 and 16 (each as a live one), and
+how PostgreSQL's, which stores no mark, still names its words (see :func:`indexed_layout`)."""
+MARKED_BY_VERSION = "current marked by version"
+"""SQLite's layout 17: a current entry marked by its knowledge version's name, so a
+promotion marked again every current entry of both versions."""
+MARKED_BY_FIRST_WRITE = "current marked by its version's first write"
+"""SQLite's layout 18: a current entry marked by its version's first write
+(:func:`current_token`), which a promotion leaves as it is."""
+
+
+def _current_mark_sql(knowledge: str, row: str) -> str:
+    """SQL of the mark after its owner token of ``row``, a current knowledge row (an alias
+    of the ``knowledge`` table): what :func:`current_token` adds. The smallest log version
+    of its user's rows of its knowledge version is one read of the listing's index."""
+    return (
+        f"'now' || (SELECT min(i.version) FROM {knowledge} AS i "
+        f"WHERE i.log_id = {row}.log_id AND i.knowledge_version = {row}.knowledge_version)"
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -184,18 +197,23 @@ def text_stems(text: str) -> list[str]:
     return _stems(word_pieces(text, singles=True))
 
 
-def current_token(owner: str, version: str = LIVE_KNOWLEDGE) -> str:
-    """The token in the ``owner`` column of an indexed entry of knowledge ``version``
-    that is current (no ``valid_until``), in place of the bare owner token: a search of a
-    version's current entries matches it, so it never meets the ended ones, however many
-    changes a fact had, nor another version's (a re-extraction's newer rows crowded a
-    live batch's window of a word out, and the reverse). One token either way, so BM25
-    (which counts a row's tokens) ranks alike. A version other than live is named by its
-    UTF-8 bytes in hex, as SQLite's ``lower(hex(...))`` writes it (see
-    :data:`_CURRENT_MARK_SQL`)."""
-    if version == LIVE_KNOWLEDGE:
-        return f"{owner}now"
-    return f"{owner}now{version.encode().hex()}"
+def current_token(owner: str, first_write: int) -> str:
+    """The token in the ``owner`` column of an indexed entry that is current (no
+    ``valid_until``), in place of the bare owner token, for an entry of the knowledge
+    version whose rows of the user begin at log version ``first_write`` (the smallest
+    ``version`` of them, see :meth:`SearchIndex.first_write`): a search of a version's
+    current entries matches it, so it never meets the ended ones, however many changes a
+    fact had, nor another version's (a re-extraction's newer rows crowded a live batch's
+    window of a word out, and the reverse). One token either way, so BM25 (which counts a
+    row's tokens) ranks alike.
+
+    A promotion keeps the mark: the promoted rows become the live ones, and the live rows
+    they replace leave the knowledge table, so live's rows begin where the promoted
+    version's began; marked by the version's name, each current entry of both versions
+    was marked again (40,000 entries: 29 s of SQLite, writers held off). A version's rows
+    are written at log versions no other version's ever were, so no two versions, even of
+    one name, or live before and after a promotion, share a mark."""
+    return f"{owner}now{first_write}"
 
 
 def owned_words(log_id: str, text: str) -> str:
@@ -345,6 +363,10 @@ class SearchIndex:
         self._count_sql = f"SELECT count(*) FROM {messages} WHERE id > ? AND id <= ?"
         self._index_sql = f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)"
         self._move_indexed_sql = f"UPDATE {position} SET position = ? WHERE name = ?"
+        self._first_write_sql = (
+            f"SELECT min(version) FROM {tables.knowledge.name} "
+            "WHERE log_id = ? AND knowledge_version = ?"
+        )
         self._unindexed_sql = (
             f"SELECT (SELECT coalesce(max(id), 0) FROM {tables.messages.name}) > "
             f"(SELECT position FROM {tables.position.name} WHERE name = ?)"
@@ -439,60 +461,83 @@ class SearchIndex:
         """Index the entries ``events`` extract (SQLite), marking those current by the
         net ``knowledge`` rows written with them (inserted, updated, deleted), and mark
         again the stored entries whose ``valid_until`` those rows changed; their messages
-        wait for :meth:`index_messages`."""
-        inserted, updated, deleted = knowledge
-        current = {
-            row["entry_id"]: row["knowledge_version"]
-            for row in inserted
-            if row["valid_until"] is None
+        wait for :meth:`index_messages`.
+
+        A promotion marks nothing again (see :func:`current_token`): the rows it moves to
+        live keep their mark, and those it deletes keep theirs, which no search reads
+        (their version's first write is no version's any more; :meth:`listings` shows
+        them bare, as a refold that deletes them in the fold that wrote them leaves them).
+        """
+        inserted, updated, _ = knowledge
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        current = [row for row in inserted if row["valid_until"] is None]
+        first_writes = {
+            (log_id, version): self._first_write(cursor, log_id, version)
+            for log_id, version in {(row["log_id"], row["knowledge_version"]) for row in current}
+        }
+        marks = {
+            row["entry_id"]: first_writes[row["log_id"], row["knowledge_version"]]
+            for row in current
         }
         entries = [
-            (_marked(row["owner"], current.get(row["item_id"])), row["body"], row["item_id"])
+            (_marked(row["owner"], marks.get(row["item_id"])), row["body"], row["item_id"])
             for e in events
             if isinstance(e, _EXTRACTED)
             for _, row in search_fold(self, e)
         ]
-        marks = [row["entry_id"] for row in updated if _MARKED_BY.intersection(row)] + list(deleted)
-        if not (entries or marks):
+        ended = [row["entry_id"] for row in updated if "valid_until" in row]
+        if not (entries or ended):
             return
-        cursor = connection.connection.driver_connection
-        assert cursor is not None
         k = self.knowledge_fts.name
         cursor.executemany(
             f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)",
             [(owner, body, id_param(item)) for owner, body, item in entries],
         )
-        if marks:
+        if ended:
             # The owner column holds its owner's token whether marked or not; the mark is
-            # read off the entry's knowledge row as written (none once the row is gone).
-            # A row whose mark stays (an ended entry removed or promoted) is left alone: an
-            # FTS5 update deletes and inserts every token of the row.
+            # read off the entry's knowledge row as written. A row whose mark stays (an end
+            # moved) is left alone: an FTS5 update deletes and inserts every token of it.
             knowledge_rows = self.tables.knowledge.name
             mark = (
-                f"coalesce((SELECT {_CURRENT_MARK_SQL} FROM {knowledge_rows} "
-                "WHERE entry_id = ?1 AND valid_until IS NULL), '')"
+                f"coalesce((SELECT {_current_mark_sql(knowledge_rows, 'n')} "
+                f"FROM {knowledge_rows} AS n WHERE n.entry_id = ?1 AND n.valid_until IS NULL), '')"
             )
             cursor.executemany(
                 f"UPDATE {k} SET owner = substr(owner, 1, 32) || {mark} "
                 f"WHERE rowid IN (SELECT id FROM {k}_content "
                 f"WHERE c2 = ?1 AND substr(c0, 33) IS NOT {mark})",
-                [(id_param(str(key)),) for key in marks],
+                [(id_param(str(key)),) for key in ended],
             )
 
-    def mark_versions(self, connection: Connection) -> int:
-        """Mark apart, in SQLite's index of an earlier layout (16), the current entries of
-        every knowledge version but live, which it marked as live ones
-        (:func:`current_token`): the one change of layout 17, made in place in the
-        caller's transaction, where a refold of the whole log took seconds to minutes.
-        Returns the index rows marked."""
+    def first_write(self, connection: Connection, log_id: str, version: str) -> int | None:
+        """The log version of the first entry of knowledge ``version`` the log ``log_id``
+        holds (SQLite; ``None`` when it holds none): what its current entries are marked
+        by (:func:`current_token`)."""
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        return self._first_write(cursor, log_id, version)
+
+    def _first_write(self, cursor: Any, log_id: str, version: str) -> int | None:
+        found = cursor.execute(self._first_write_sql, (id_param(str(log_id)), version))
+        first: int | None = found.fetchone()[0]
+        return first
+
+    def mark_by_first_write(self, connection: Connection) -> int:
+        """Mark again, in SQLite's index of an earlier layout (16 or 17), the current
+        entries its marks named otherwise (each as a live one, or by its version's name):
+        the one change of layout 18 (:func:`current_token`), made in place in the caller's
+        transaction, where a refold of the whole log took seconds to minutes. Returns the
+        index rows marked."""
         k, knowledge = self.knowledge_fts.name, self.tables.knowledge.name
+        mark = _current_mark_sql(knowledge, "n")
         return int(
             connection.exec_driver_sql(
-                f"UPDATE {k} SET owner = substr(owner, 1, 32) || (SELECT {_CURRENT_MARK_SQL} "
-                f"FROM {knowledge} WHERE entry_id = {k}.item_id) "
+                f"UPDATE {k} SET owner = substr(owner, 1, 32) || (SELECT {mark} "
+                f"FROM {knowledge} AS n WHERE n.entry_id = {k}.item_id) "
                 f"WHERE rowid IN (SELECT f.id FROM {k}_content AS f JOIN {knowledge} AS n "
-                "ON n.entry_id = f.c2 WHERE n.valid_until IS NULL "
-                f"AND n.knowledge_version <> '{LIVE_KNOWLEDGE}')"
+                f"ON n.entry_id = f.c2 WHERE n.valid_until IS NULL "
+                f"AND substr(f.c0, 33) IS NOT {mark})"
             ).rowcount
         )
 
@@ -655,7 +700,8 @@ class SearchIndex:
         """The index's rows in a stable order, for comparing a rebuild with the live index
         (see :mod:`projections.comparison`): knowledge rows by entry, and each message's
         words with their positions, a row per message (row ids are not kept equal by a
-        rebuild). Words whose message row is gone come first, as one row without an id.
+        rebuild), an entry's owner bare once its knowledge row is gone. Words whose
+        message row is gone come first, as one row without an id.
         On PostgreSQL, each row's ``search_vector`` by the row's id.
         """
         if not _is_sqlite(connection):
@@ -667,7 +713,14 @@ class SearchIndex:
         assert driver is not None
         prefix, k, m = self.tables.prefix, self.knowledge_fts.name, self.messages_fts.name
         words = self._word_instances(driver)
-        knowledge = driver.execute(f"SELECT item_id, owner, body FROM {k} ORDER BY 1, rowid")
+        # An entry a promotion deleted keeps the mark it had (see write): a refold that
+        # deletes it in the fold that wrote it leaves it bare, and no search reads it.
+        knowledge = driver.execute(
+            "SELECT f.item_id, CASE WHEN n.entry_id IS NULL THEN substr(f.owner, 1, 32) "
+            f"ELSE f.owner END, f.body FROM {k} AS f "
+            f"LEFT JOIN {self.tables.knowledge.name} AS n ON n.entry_id = f.item_id "
+            "ORDER BY 1, f.rowid"
+        )
         instances = driver.execute(
             f"SELECT s.message_id, v.term, v.offset FROM {words} AS v "
             f"LEFT JOIN {self.tables.messages.name} AS s ON s.id = v.doc ORDER BY 1, 3"
@@ -698,24 +751,24 @@ def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (None if row[0] is None else id_text(row[0]), *row[1:])
 
 
-def search_fingerprint(*, versions_marked: bool = True) -> int:
+def search_fingerprint(marked: str = MARKED_BY_FIRST_WRITE) -> int:
     """A number that changes when indexed words would: the stemmer's version, the Unicode
     version folding follows (both the installation's) and :func:`indexed_layout` (stored
-    with the schema; a change refolds the projections). ``versions_marked`` as there."""
+    with the schema; a change refolds the projections), its current entries ``marked``
+    as there."""
     unicode = unicodedata.unidata_version
-    layout = indexed_layout(versions_marked=versions_marked)
+    layout = indexed_layout(marked)
     return zlib.crc32(f"{Stemmer.version()}|unicode {unicode}|{layout}".encode())
 
 
-def indexed_layout(*, versions_marked: bool = True) -> str:
+def indexed_layout(marked: str = MARKED_BY_FIRST_WRITE) -> str:
     """How memvee cuts, folds and indexes words, named (the stemmer's and Unicode's
     versions, which the installation brings, aside): a change to it comes with a new
     schema version, so that an older memvee refuses the database rather than laying it
-    out again in its own way. Without ``versions_marked``, the layout from before
-    SQLite's index marked each knowledge version's current entries apart (schema 16),
-    which PostgreSQL's keeps: it stores no mark (see
-    :data:`projections.projector.POSTGRES_SCHEMA_VERSION`)."""
-    marked = "current marked by version" if versions_marked else "current marked"
+    out again in its own way. ``marked`` names how current entries are marked: SQLite's
+    index of this layout by :data:`MARKED_BY_FIRST_WRITE`, of earlier ones by
+    :data:`MARKED_BY_VERSION` (17) or :data:`MARKED_CURRENT` (16), which PostgreSQL's
+    keeps: it stores no mark (see :data:`projections.projector.POSTGRES_SCHEMA_VERSION`)."""
     return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes|{marked}"
 
 
@@ -726,7 +779,7 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
     Entries are never removed when they end or a version is promoted: the rankers join
     the knowledge rows, which say what is valid. The owner column is the bare owner's
     token here; :meth:`SearchIndex.write` marks the current ones, by their knowledge
-    version (:func:`current_token`), and marks them again when they end or are promoted.
+    version's first write (:func:`current_token`), and marks them again when they end.
     """
     if isinstance(e, _EXTRACTED):
         log_id = str(e.originator_id)
@@ -742,10 +795,10 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
             )
 
 
-def _marked(owner: str, current: str | None) -> str:
-    """The owner column of an indexed entry: ``owner``, or, for an entry current in
-    knowledge version ``current``, that version's current token."""
-    return owner if current is None else current_token(owner, current)
+def _marked(owner: str, first_write: int | None) -> str:
+    """The owner column of an indexed entry: ``owner``, or, for a current entry of the
+    knowledge version first written at ``first_write``, its current token."""
+    return owner if first_write is None else current_token(owner, first_write)
 
 
 def _entry_vector(row: Row) -> str:

@@ -692,6 +692,8 @@ SCHEMA_OF_INDEXED_LAYOUT = {
     "|strokes|cut 2046 bytes|current marked": 15,
     "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
     "|strokes|cut 2046 bytes|current marked by version": 17,
+    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
+    "|strokes|cut 2046 bytes|current marked by its version's first write": 18,
 }
 """The schema version that came with each way of indexing words (a later version may
 change other tables and keep the words as they are: 16 marked repeats in the citations)."""
@@ -812,6 +814,49 @@ def test_a_sqlite_index_of_layout_16_is_marked_by_version_in_place_when_opened(
         connection.exec_driver_sql(
             f"UPDATE {tables.position.name} SET position = {_layout_16()} WHERE name = 'schema'"
         )
+    assert bring_up_to_date(store, tables) == 0
+    assert _shown(store, tables) == fresh
+    assert fresh["v2"] == ["User likes opera2.", "User likes opera1.", "User likes opera0."]
+    with store.engine.connect() as connection:
+        assert projector.layout_current(connection)
+    assert verify(store) == []
+    store.close()
+
+
+def _layout_17() -> int:
+    """The layout memvee of schema 17 stored on SQLite (this installation's stemmer and
+    Unicode): its index marked current entries by their knowledge version's name."""
+    marked_by_name = next(k for k, v in SCHEMA_OF_INDEXED_LAYOUT.items() if v == 17)
+    words = f"{Stemmer.version()}|unicode {unicodedata.unidata_version}|{marked_by_name}"
+    return 17 << 20 | zlib.crc32(words.encode()) & 0xFFFFF
+
+
+def test_a_sqlite_index_of_layout_17_is_marked_by_first_write_in_place_when_opened(
+    tmp_path: Path,
+) -> None:
+    """A SQLite database of layout 17, whose index marked current entries by their
+    knowledge version's name (live ones bare of it), opens folding no event: its current
+    entries are marked by their version's first write in place, and it searches as a
+    fresh one, a rebuild alike."""
+    store = EventStore(sqlite_url(tmp_path / "m.db"))
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with store.transaction() as connection:
+        projector.create(connection)
+    _learn_live_and_again(store, projector)
+    fresh = _shown(store, tables)
+    k, knowledge = projector.search.knowledge_fts.name, tables.knowledge.name
+    with store.transaction() as connection:  # as memvee of layout 17 left it
+        connection.exec_driver_sql(
+            f"UPDATE {k} SET owner = substr(owner, 1, 32) || (SELECT 'now' || "
+            f"CASE n.knowledge_version WHEN '{LIVE_KNOWLEDGE}' THEN '' "
+            f"ELSE lower(hex(n.knowledge_version)) END FROM {knowledge} AS n "
+            f"WHERE n.entry_id = {k}.item_id) WHERE owner LIKE '%now_%'"
+        )
+        connection.exec_driver_sql(
+            f"UPDATE {tables.position.name} SET position = {_layout_17()} WHERE name = 'schema'"
+        )
+    assert _shown(store, tables) != fresh  # the marks of 17 are not read as this layout's
     assert bring_up_to_date(store, tables) == 0
     assert _shown(store, tables) == fresh
     assert fresh["v2"] == ["User likes opera2.", "User likes opera1.", "User likes opera0."]
