@@ -625,6 +625,39 @@ def test_a_promotions_index_work_does_not_grow_with_the_versions_entries(
     assert many == few, (few, many)
 
 
+def test_a_version_extracted_again_under_a_promoted_name_is_searched_apart_from_live(
+    store: EventStore,
+) -> None:
+    """The live entries a promotion of "v2" made keep the mark of v2's first write; a later
+    re-extraction named "v2" again begins at a later write, so its 1,100 newer entries
+    saying "likes" are a window of their own: a live batch is still shown the newest of
+    its own, and a rebuild of the log marks both alike."""
+    projector = Projector(ProjectionTables())
+    log = UserLog.register("ann")
+    said = _said_and_extracted(log, "ann", [f"Note {i}." for i in range(5)])
+    own = [f"User likes thing{i}." for i in range(5)]
+    for (message, at), fact in zip(said, own, strict=True):
+        batch = [BatchMessage(message, "user", fact, at)]
+        log.record_reextraction(
+            "v2", [message], [ExtractedFact(fact, (message,))], "x", batch=batch
+        )
+    history = list(log.collect_events())
+    store.append([history], projector.apply)
+    log.promote("v2", history)
+    message, at = said[-1]
+    newer = [ExtractedFact(f"User likes widget{i}.", (message,)) for i in range(1_100)]
+    batch = [BatchMessage(message, "user", "Note 4.", at)]
+    log.record_reextraction("v2", [message], newer, "x", batch=batch)
+    store.append([list(log.collect_events())], projector.apply)
+    ranker = LexicalRanker(projector.tables)
+    with store.engine.connect() as connection:
+        shown = ranker.related(connection, "ann", ["I like it"], 3, 10**6)
+        again = ranker.related(connection, "ann", ["I like it"], 3, 10**6, "v2")
+    assert [text for _, text, _ in shown] == own[::-1][:3]
+    assert [text for _, text, _ in again] == [f"User likes widget{i}." for i in (1099, 1098, 1097)]
+    assert verify(store) == []
+
+
 def _promotion_index_steps(store: EventStore, user_id: str, changes: int) -> int:
     """The SQLite steps the index work of promoting ``user_id``'s re-extraction takes:
     20 messages, each extracted live and again into "v2" as a fact changed ``changes``
