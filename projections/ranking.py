@@ -162,7 +162,7 @@ class LexicalRanker:
             kept="+k.log_id = ? AND +k.knowledge_version = ? AND ",
         )
         self._sqlite_entries = {
-            False: _SqliteSearch(kfts, entry_rows.kept_also("k.valid_until IS NULL")),
+            False: _SqliteSearch(kfts, entry_rows.kept_also("k.valid_until IS NULL"), marked=True),
             True: _SqliteSearch(
                 kfts,
                 entry_rows.kept_also(
@@ -509,10 +509,19 @@ class _SqliteSearch:
     (ended entries, other knowledge versions) are made up for by fetching more hits,
     until the index has no more to give. A search is a few hundred microseconds of
     SQLite, so it skips SQLAlchemy's statement and row machinery on purpose; the model
-    builders read SQLite's raw row forms.
+    builders read SQLite's raw row forms. ``marked``: the FTS5 queries of a bounded
+    search's words match only rows that pass its filters (see :meth:`_word_rows`).
     """
 
-    def __init__(self, fts: str, rows: _SqliteRows, weights: str = ", 0.0, 1.0, 0.0") -> None:
+    def __init__(
+        self,
+        fts: str,
+        rows: _SqliteRows,
+        weights: str = ", 0.0, 1.0, 0.0",
+        *,
+        marked: bool = False,
+    ) -> None:
+        self.marked = marked
         hits = f"SELECT rowid, bm25({fts}{weights}) AS rank FROM {fts} WHERE {fts} MATCH ?"
         order = "ORDER BY rank, rowid DESC LIMIT ?"
         self.hits_sql = f"{hits} {order}"
@@ -603,7 +612,18 @@ class _SqliteSearch:
 
     def _word_rows(self, cursor: Any, word: str, filters: tuple[Any, ...]) -> WordRows:
         """The newest :data:`_NEWEST_PER_WORD` rows that pass the ``filters`` among the
-        newest :data:`_WINDOW_PER_WORD` rows of the FTS5 query ``word``."""
+        newest :data:`_WINDOW_PER_WORD` rows of the FTS5 query ``word``.
+
+        A search of current entries (``marked``) matches only rows of its version's current
+        entries, by their mark (:func:`~projections.search.current_token`), every one of
+        which passes the filters: its newest :data:`_NEWEST_PER_WORD` rows are read off
+        the index alone. Reading the whole window and filtering it by the knowledge rows
+        took 40% of the word search beside a batch of a user of 5,000 entries."""
+        if self.marked:
+            newest = [
+                rowid for (rowid,) in cursor.execute(self.window_sql, (word, _NEWEST_PER_WORD))
+            ]
+            return WordRows(newest, len(newest) < _NEWEST_PER_WORD)
         window = [rowid for (rowid,) in cursor.execute(self.window_sql, (word, _WINDOW_PER_WORD))]
         kept = [rowid for (rowid,) in cursor.execute(self.kept_sql, (json.dumps(window), *filters))]
         kept.sort(reverse=True)
