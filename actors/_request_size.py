@@ -1,6 +1,7 @@
-"""The request size an API's body limit was learned to take: a batch refused as too large
-(HTTP 413) is split until it fits, and the batches after it start within that size
-instead of paying the same refusals again, each of them.
+"""The request size an API's body limit or model's context window was learned to take: a
+batch refused as too large (HTTP 413, or a 400 saying the prompt is too long) is split
+until it fits, and the batches after it start within that size instead of paying the same
+refusals again, each of them.
 
 Kept in memory for one engine, never stored: a limit raised since (a gateway's setting,
 another deployment) is found again once :data:`RETEST_SECONDS` pass without a refusal.
@@ -22,9 +23,9 @@ out at the configured size again, one refusal and its split learning it anew."""
 
 class LearnedRequestSize:
     """The most prompt tokens a batch's request may weigh, its messages and the known
-    entries shown beside them, as 413s taught (thread-safe). Each user's batches take
-    their messages within it less the entries that user's last batch was shown: one
-    user's many entries do not shrink another's batches. (The fixed prompt, the same in
+    entries shown beside them, as refusals for size taught (thread-safe). Each user's
+    batches take their messages within it less the entries that user's last batch was
+    shown: one user's many entries do not shrink another's batches. (The fixed prompt, the same in
     every request, is left out of both sides.)"""
 
     def __init__(
@@ -36,18 +37,31 @@ class LearnedRequestSize:
         self._most: int | None = None
         self._until = 0.0
 
-    def too_large(self, messages: int, shown: int = 0) -> None:
+    def too_large(
+        self,
+        messages: int,
+        shown: int = 0,
+        *,
+        prompt_tokens: int | None = None,
+        context_tokens: int | None = None,
+    ) -> None:
         """A request was refused as too large, its messages weighing ``messages`` tokens
         and the entries shown beside them ``shown``: requests from now on weigh at most
         what its split sends (the entries and half the messages), or less if a smaller one
         was refused. Messages weighing nothing teach nothing: their size was not measured,
-        and learning from it would cut every batch to one message."""
+        and learning from it would cut every batch to one message.
+
+        A refusal that named the prompt's tokens and the most the model's context window
+        takes (``prompt_tokens`` > ``context_tokens``) tells better than a split: the
+        request less what it was over, a tenth to spare (the API's tokens are not
+        memvee's estimate of them). A size still refused is learned again, smaller."""
         if messages <= 0:
             return
+        fits = _fits(messages + shown, prompt_tokens, context_tokens)
         with self._lock:
             now = self._clock()
             most = self._most if self._most is not None and now < self._until else None
-            split = max(1, shown + messages // 2)
+            split = max(1, shown + messages // 2) if fits is None else fits
             self._most = split if most is None else min(most, split)
             self._until = now + self._retest_after
 
@@ -63,3 +77,13 @@ class LearnedRequestSize:
         if left >= limits.max_tokens:
             return limits
         return dataclasses.replace(limits, max_tokens=left)
+
+
+def _fits(sent: int, prompt_tokens: int | None, context_tokens: int | None) -> int | None:
+    """The most a request that weighed ``sent`` may weigh, by a refusal that named its
+    ``prompt_tokens`` over the ``context_tokens`` the window takes (the excess taken off,
+    then a tenth), or None when the figures are missing or tell nothing (not over)."""
+    if prompt_tokens is None or context_tokens is None or prompt_tokens <= context_tokens:
+        return None
+    within = sent - (prompt_tokens - context_tokens)
+    return max(1, within - within // 10)

@@ -326,9 +326,9 @@ class UserActor(PooledActor):
 
     def _limits(self) -> BatchLimits:
         """The batch limits a batch of this user is planned by: the configured ones, their
-        tokens lowered while the API's body limit is learned to take fewer (HTTP 413), less
-        what the entries shown beside this user's last batch weighed (before this actor
-        ran one, what they may weigh: see :meth:`_most_shown`)."""
+        tokens lowered while the API is learned to take fewer (a 413, a prompt over the
+        context window), less what the entries shown beside this user's last batch weighed
+        (before this actor ran one, what they may weigh: see :meth:`_most_shown`)."""
         shown = self._shown_tokens
         return self._services.request_size.within(
             self._services.settings.limits, self._most_shown() if shown is None else shown
@@ -860,7 +860,12 @@ class UserActor(PooledActor):
             self._services.key_works.clear()
         if isinstance(error, RejectedBatchError) and error.too_large and len(claimed) > 1:
             sent = sum(estimate_tokens(m.content) for m in claimed)
-            self._services.request_size.too_large(sent, self._shown_tokens or 0)
+            self._services.request_size.too_large(
+                sent,
+                self._shown_tokens or 0,
+                prompt_tokens=error.prompt_tokens,
+                context_tokens=error.context_tokens,
+            )
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor

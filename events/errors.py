@@ -341,8 +341,11 @@ class RejectedBatchError(ExtractionError):
     When batches that share no message are refused for the same reason, with no batch
     accepted in between, the account or the configuration is refused, not the batches (a
     credit balance too low, a usage limit): the engine then retries later and blames no
-    message. ``too_large``: the refusal was an HTTP 413 (a request too large, for the API
-    or for a gateway in front of it).
+    message. ``too_large``: the request was refused for its size, by an HTTP 413 (too
+    large for the API or for a gateway in front of it) or by a 400 saying the prompt is
+    too long for the model's context window, which names its ``prompt_tokens`` and the
+    ``context_tokens`` the window takes (None when not named): a batch split in halves
+    is smaller, and those figures tell how much smaller the requests after it must be.
 
     ``probe_accepted`` says the extractor settled that itself: the API accepted the same
     request with a harmless message in place of the batch's, so the batch is at fault
@@ -359,11 +362,15 @@ class RejectedBatchError(ExtractionError):
         reason: str | None = None,
         probe_accepted: bool = False,
         too_large: bool = False,
+        prompt_tokens: int | None = None,
+        context_tokens: int | None = None,
     ) -> None:
         super().__init__(message, usage=usage)
         self.reason = reason
         self.probe_accepted = probe_accepted
         self.too_large = too_large
+        self.prompt_tokens = prompt_tokens
+        self.context_tokens = context_tokens
 
 
 INPUT_REFUSED_STATUSES = frozenset({400, 413, 422})

@@ -394,13 +394,18 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         The first probe is ``request`` with a harmless message in place of the batch's,
         all else kept (known entries included): accepted, the batch's messages are at
         fault (``refused`` is raised with ``probe_accepted``, for the engine to split
-        the batch). Refused, and the batch shows no known entries, the account, the
-        settings or the model are (a credit balance too low, a usage limit, a gateway's body
+        the batch), unless a lone message's request was refused for its size with known
+        entries shown: that message may fit without them, so it is extracted once more
+        without them, and blamed only if refused again (too large for any request).
+        Refused, and the batch shows no known entries, the account, the settings or the
+        model are (a credit balance too low, a usage limit, a gateway's body
         limit below the fixed prompt for a 413, a model refusing whatever it is sent): a
         failure that may pass, blaming no message (:class:`EveryRequestRefusedError`).
         Otherwise a second probe leaves the known entries out too:
         accepted, the user's known entries trip the refusal (an entry a content filter
-        blocks), and the batch is extracted once more without them, so no healthy
+        blocks, or the entries' size for a request too large), and the batch is extracted
+        once more without them (all of them for a prompt over the context window, which
+        counts tokens, never refuses an entry for what it says), so no healthy
         message is blamed for the user's stored state; refused, every request is (the
         model's refusal too: a harmless message refused tells nothing against the batch). A
         probe that fails otherwise (the API busy, a timeout) tells nothing: a failure that
@@ -409,13 +414,18 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         """
         spent = refused.usage or TokenUsage()
         verdict, spent = await self._probed(probe_request(request, batch), refused, spent)
+        sized_by_entries = refused.too_large and bool(batch.known)
         if verdict == "accepted":
+            if sized_by_entries and len(batch.messages) == 1:  # fits alone, maybe
+                return await self._without_known(batch, refused, spent)
             refused.usage = spent
             refused.probe_accepted = True
             raise refused
         if batch.known:
             bare = dataclasses.replace(batch, known=())
             verdict, spent = await self._probed(probe_request(request, bare), refused, spent)
+            if verdict == "accepted" and _over_the_window(refused):  # no entry's content
+                return await self._without_known(batch, refused, spent)
             if verdict == "accepted":
                 kept, spent = await self._entries_accepted(request, batch, refused, spent)
                 return await self._without_known(batch, refused, spent, kept)
@@ -488,7 +498,9 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         """``batch`` extracted without the known entries that got its request refused,
         showing only ``kept`` (facts about the others then relate to none of them: each
         is new), its tokens counted with ``spent``. Refused again, the batch's messages
-        are at fault too."""
+        are at fault too; unless the request, ``kept`` shown, was refused for its size: then
+        the batch is extracted once more showing no entry, as the entries kept fit beside a
+        harmless message but may not beside the batch's."""
         left_out = [entry.entry_id for entry in batch.known if entry not in kept]
         _log.warning(
             "the Claude API refuses requests for user %r that show their known entries "
@@ -502,6 +514,8 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             result = await self._extract(dataclasses.replace(batch, known=kept), settle=False)
         except ExtractionError as failed:
             failed.usage = spent.plus(failed.usage or TokenUsage())
+            if kept and isinstance(failed, RejectedBatchError) and failed.too_large:
+                return await self._without_known(batch, failed, failed.usage)
             if isinstance(failed, RejectedBatchError):
                 failed.probe_accepted = True
             raise
@@ -864,9 +878,10 @@ def _may_be_elsewhere(
     """Whether the refusal of ``batch`` may be the rest of the request's fault, for probes
     to settle: the API's refusal with a reason (the account's, the settings'); a model's
     refusal (of the known entries shown, or of every request: a policy, a model that
-    refuses all it is sent); and a 413 of a lone message or of a request whose messages
-    weigh no more than the rest of it, as a body limit below the fixed prompt refuses
-    every request (a larger one is split, smaller, by the engine)."""
+    refuses all it is sent); and a refusal for size (a 413, a prompt over the context
+    window) of a lone message or of a request whose messages weigh no more than the rest
+    of it, as a body limit below the fixed prompt refuses every request (a larger one is
+    split, smaller, by the engine)."""
     if refused.too_large:
         return len(batch.messages) == 1 or outweighed(request, batch)
     return refused.reason is not None or answered
@@ -886,10 +901,18 @@ def _size(request: dict[str, Any]) -> int:
 
 
 def _refusal_told(refused: RejectedBatchError) -> str:
-    """What refused a request, for a log line: the API's reason, a body over a size limit
-    (HTTP 413, which gives none), or else the model's refusal to answer."""
+    """What refused a request, for a log line: the API's reason, a prompt over the
+    model's context window, a body over a size limit (HTTP 413, which gives none), or
+    else the model's refusal to answer."""
     if refused.reason is not None:
         return refused.reason
+    if refused.context_tokens is not None:
+        return (
+            f"HTTP 400: the prompt was over the model's context window "
+            f"({refused.prompt_tokens} tokens > {refused.context_tokens})"
+        )
+    if _over_the_window(refused):
+        return "HTTP 400: the prompt was over the model's context window"
     if refused.too_large:
         return "HTTP 413: the request was over a body size limit"
     return "the model refused to answer"
@@ -1004,8 +1027,10 @@ def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
 def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> ExtractionError:
     """The ExtractionError for a failed API call: status, error type and request id, never
     ``secrets`` (taken out before any text is cut, so no part of one is left); one that
-    refused the request itself (400, 413, 422) repeats; a 404 (a model or path not found)
-    is :class:`ExtractorNotFoundError`, the API's answer to every request, not an outage."""
+    refused the request itself (400, 413, 422) repeats, a 413 or a 400 saying the prompt
+    is too long (over the model's context window) as a request too large; a 404 (a model
+    or path not found) is :class:`ExtractorNotFoundError`, the API's answer to every
+    request, not an outage."""
     kind = type(exc).__name__
     if isinstance(exc, anthropic.APIStatusError):
         parts = [f"Claude API returned HTTP {exc.status_code} ({kind}"]
@@ -1023,6 +1048,8 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
         text = redact("".join(parts), secrets)
         if exc.status_code == 413:  # split, the batch is smaller; small, it is probed
             return RejectedBatchError(text, too_large=True)
+        if exc.status_code == 400 and _PROMPT_TOO_LONG.search(message):
+            return _over_the_context(text, message)
         if exc.status_code in INPUT_REFUSED_STATUSES:
             reason = redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
             return RejectedBatchError(text, reason=reason)
@@ -1043,6 +1070,30 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
     else:
         text = f"Claude API call failed ({kind}): {redact(str(exc), secrets)[:_MAX_DETAIL_CHARS]}"
     return ExtractionError(redact(text, secrets))
+
+
+_PROMPT_TOO_LONG = re.compile(r"prompt is too long", re.IGNORECASE)
+"""How the API's 400 says a request is over the model's context window."""
+
+_CONTEXT_FIGURES = re.compile(r"(\d+)\s*tokens\s*>\s*(\d+)\s*maximum", re.IGNORECASE)
+"""The prompt's tokens and the context window's, as that 400 names them."""
+
+
+def _over_the_context(text: str, message: str) -> RejectedBatchError:
+    """The refusal, told as ``text``, of a request whose prompt the API's ``message``
+    says is over the model's context window: a request too large, as a 413 is (the
+    engine splits the batch and learns the size), with the prompt's tokens and the
+    window's when the message names them. It is no refusal of the input's content."""
+    figures = _CONTEXT_FIGURES.search(message)
+    if figures is None:
+        return RejectedBatchError(text, too_large=True)
+    prompt, context = (int(figure) for figure in figures.groups())
+    return RejectedBatchError(text, too_large=True, prompt_tokens=prompt, context_tokens=context)
+
+
+def _over_the_window(refused: RejectedBatchError) -> bool:
+    """Whether ``refused`` is the API's 400 for a prompt over the model's context window."""
+    return refused.too_large and _PROMPT_TOO_LONG.search(str(refused)) is not None
 
 
 class _RetryWithin(anthropic.Middleware):

@@ -1,4 +1,5 @@
-"""The request size learned from an API's body limit (HTTP 413)."""
+"""The request size learned from an API's body limit (HTTP 413) or context window (a 400
+saying the prompt is too long)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,21 @@ def test_the_size_learned_holds_the_entries_shown_and_each_batch_takes_its_own_o
     assert learned.within(limits).max_tokens == 9_000
     assert learned.within(limits, shown=3_000).max_tokens == 6_000
     assert learned.within(limits, shown=9_500).max_tokens == 1
+
+
+def test_a_prompt_over_the_context_by_a_named_count_teaches_the_size_less_the_excess() -> None:
+    """The API's 400 names the prompt's tokens and the window's: the request less what it
+    was over (a tenth to spare) is learned, not half of it, and a later refusal of a
+    smaller request lowers it again."""
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
+    learned.too_large(10_000, shown=2_000, prompt_tokens=13_000, context_tokens=12_000)
+    assert learned.within(limits).max_tokens == 9_900
+    assert learned.within(limits, shown=2_000).max_tokens == 7_900
+    learned.too_large(7_000, prompt_tokens=9_000, context_tokens=8_000)
+    assert learned.within(limits).max_tokens == 5_400
+
+
+def test_a_refusal_for_size_naming_no_excess_halves_the_batch_as_a_413_does() -> None:
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
+    learned.too_large(12_000, prompt_tokens=12_000, context_tokens=12_000)
+    assert learned.within(limits).max_tokens == 6_000

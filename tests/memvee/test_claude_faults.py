@@ -32,6 +32,7 @@ from tests.support.messages_api_server import (
     default_answer,
     empty_body,
     error_body,
+    estimate_tokens,
     fault_when,
     refusal_body,
     text_body,
@@ -1685,3 +1686,83 @@ async def test_a_users_first_batch_after_a_restart_is_planned_with_the_entries_i
     assert sum(refused[restarted:carols_first]) == 1, "Bob's first batch taught the size"
     assert all(len(r.known) == 40 for r in server.requests[carols_first:])
     assert sum(refused[carols_first:]) == 0, "Carol's batches were planned to fit"
+
+
+def _prompt_tokens(request: RecordedRequest) -> int:
+    """The stand-in's count of ``request``'s prompt tokens, as its context limit counts."""
+    return estimate_tokens(request.body)
+
+
+async def test_batches_after_a_prompt_over_the_context_start_within_the_size_that_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A context window below a full batch's prompt: the real API answers HTTP 400 "prompt
+    is too long: N tokens > M maximum", not a 413. That is a request too large, as a 413
+    is: the batch is split until it fits, no probe is sent, and the batches after it start
+    within the size learned from the tokens the API named: 17 requests, 1 refused, where
+    every batch used to be refused, probed and split (32 requests, 8 refused, 8 probes)."""
+    limit = 4_000
+    story = "I walked along the river and watched the boats go by. " * 8
+    with MessagesAPIServer(_nothing_learned, max_prompt_tokens=limit) as server:
+        backlog = tmp_path / "context.db"
+        async with _memory_over(server, monkeypatch, backlog, extraction_timeout=30) as memory:
+            for i in range(200):
+                await memory.add_exchange("ann", f"Day {i}: {story}", "ok")
+            await memory.process("ann")
+            assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
+            assert len(checked_coverage(memory, "ann").covered) == 400
+    tokens = [_prompt_tokens(r) for r in server.requests]
+    assert not any(map(_is_probe, server.requests)), "a request too large needs no probe"
+    assert sum(t > limit for t in tokens) == 1, "the size that fit is remembered"
+    assert len(tokens) <= 17, "about one request a half batch, not a refusal and a split each"
+
+
+async def test_a_message_over_the_context_only_with_its_entries_is_extracted_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ann's 100 entries, shown beside her long new message, take its prompt over the
+    context window (400 "prompt is too long"), while the entries with a short message fit,
+    and so does the message alone. Only the request's size is wrong: the message is
+    extracted once more without the entries, never quarantined (it used to be blamed, the
+    probe with the entries accepted, and quarantined)."""
+    fill = " and I really enjoyed the long walk by the sea with my old friends from school"
+    with MessagesAPIServer(default_answer) as server:
+        db = tmp_path / "entries.db"
+        async with _memory_over(server, monkeypatch, db, max_attempts=1) as memory:
+            for i in range(100):
+                await memory.add_exchange("ann", f"Fact {i}: I went to place {i}{fill}", "ok")
+            await memory.process("ann")
+            first = len(server.requests)
+            server.max_prompt_tokens = 6_000
+            await memory.add_message("ann", "user", "News: I went to place 7 again" + fill * 20)
+            await _run_until_settled(memory, "ann")
+            assert await memory.quarantined("ann") == []
+            knowledge = [e.text for e in await memory.knowledge("ann")]
+            assert any(text.startswith("User said: News:") for text in knowledge)
+    refused, probe, alone = server.requests[first:]
+    assert _prompt_tokens(refused) > 6_000 and len(refused.known) == 100
+    assert _is_probe(probe) and _prompt_tokens(probe) <= 6_000, "the entries fit without it"
+    assert not _is_probe(alone) and alone.known == [], "tried once more without the entries"
+
+
+async def test_a_message_over_the_whole_context_is_quarantined_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message whose prompt alone is over the context window: refused however it is
+    sent, it is quarantined with the API's words for it, as a lone message over a body
+    limit (413) is, and the messages beside it are extracted, within the run. The batch
+    of three is split without a probe; each of the three tries alone is probed, then
+    tried once more without the entries shown: 12 requests, 7 refused, 3 probes (it was
+    blamed before its entries were ever left out: 5 refused, 5 probes)."""
+    with MessagesAPIServer(default_answer, max_prompt_tokens=4_000) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "huge.db") as memory:
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_200)
+            await memory.add_message("ann", "user", "I work as a nurse.")
+            runs = await _run_until_settled(memory, "ann")
+            [quarantined] = await memory.quarantined("ann")
+            assert "prompt is too long" in quarantined.error
+            assert len(checked_coverage(memory, "ann").covered) == 2
+    tokens = [_prompt_tokens(r) for r in server.requests]
+    assert runs == 1 and len(tokens) == 12
+    assert sum(t > 4_000 for t in tokens) == 7 and sum(map(_is_probe, server.requests)) == 3

@@ -840,14 +840,40 @@ async def test_a_harmless_request_the_model_refuses_is_refused_not_answered(
 async def test_an_error_that_refuses_the_request_itself_repeats_others_may_pass(
     claude: Make, status: int, error_type: str, again: bool
 ) -> None:
-    api = FakeAPI(fail(status, error_type, "prompt is too long", **FAST_RETRY), ok())
+    api = FakeAPI(fail(status, error_type, "messages: roles must alternate", **FAST_RETRY), ok())
     with pytest.raises(ExtractionError) as caught:
         await claude(api, max_retries=0).extract(BATCH)
     assert caught.value.repeats is again
     if again:  # the reason, by which the engine tells a refusal of every batch
         assert isinstance(caught.value, RejectedBatchError)
-        reason = f"HTTP {status} {error_type}: prompt is too long"
+        reason = f"HTTP {status} {error_type}: messages: roles must alternate"
         assert caught.value.reason == (None if status == 413 else reason), "size: the batch's"
+        assert caught.value.too_large is (status == 413)
+
+
+@pytest.mark.parametrize(
+    ("message", "figures"),
+    [
+        ("prompt is too long: 215047 tokens > 200000 maximum", (215047, 200000)),
+        ("Prompt is too long", (None, None)),
+    ],
+)
+async def test_a_400_saying_the_prompt_is_too_long_is_a_request_too_large(
+    claude: Make, message: str, figures: tuple[int | None, int | None]
+) -> None:
+    """The real API refuses a prompt over the model's context window with a 400, not a
+    413: it is told as a request too large (split by the engine, learned as a size, no
+    reason by which batches would be taken for refused alike), with the tokens the API
+    names, and a batch of several messages is sent no probe."""
+    said = (BatchMessage(f"m-{i}", "user", f"I visited city {i}.", T0) for i in range(120))
+    many = replace(BATCH, messages=tuple(said))
+    api = FakeAPI(fail(400, "invalid_request_error", message), ok())
+    with pytest.raises(RejectedBatchError, match=r"(?i)prompt is too long") as caught:
+        await claude(api, max_retries=0).extract(many)
+    refused = caught.value
+    assert refused.too_large and refused.reason is None and refused.repeats
+    assert (refused.prompt_tokens, refused.context_tokens) == figures
+    assert len(api.requests) == 1, "no probe: the engine splits it, smaller"
 
 
 @pytest.mark.parametrize(
@@ -1334,3 +1360,49 @@ async def test_a_speakers_name_goes_with_the_message(claude: Make) -> None:
     assert listed["name"] == "Maria"
     await claude(api).extract(BATCH)
     assert all("name" not in m for m in prompt_messages(api.bodies[1]))
+
+
+class SizeLimit(FakeAPI):
+    """An API that takes ``limit`` tokens of what a prompt shows (its known entries' and
+    messages' texts, four characters a token): a request over it is refused as the real
+    API refuses a prompt over the context window (400 naming both counts), or, with
+    ``status`` 413, as a gateway's body limit does."""
+
+    def __init__(self, limit: int, status: int = 400) -> None:
+        super().__init__(ok())
+        self.limit = limit
+        self.status = status
+
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        known, messages = shown(json.loads(request.content))
+        tokens = sum(map(len, [*known, *messages])) // 4
+        if tokens > self.limit and self.status == 413:
+            return fail(413, "request_too_large", "Request exceeds the maximum allowed size.")
+        if tokens > self.limit:
+            told = f"prompt is too long: {tokens} tokens > {self.limit} maximum"
+            return fail(400, "invalid_request_error", told)
+        return ok(facts=[{"text": "User likes rivers.", "source_message_ids": ["msg-1"]}])
+
+
+@pytest.mark.parametrize(("status", "requests"), [(400, 4), (413, 17)])
+async def test_a_message_fitting_alone_but_not_with_entries_kept_is_extracted_with_none(
+    claude: Make, status: int, requests: int
+) -> None:
+    """The entries alone are over the limit beside a harmless message, and the message
+    fits alone only. Over the context window (a count of tokens, never an entry's
+    content), it is extracted at once showing no entry; over a 413's limit, the entries
+    that fit beside a harmless message are searched as a filter's refusal is, and, the
+    message refused beside them too, it is extracted showing none. Never blamed for the
+    entries' size."""
+    entries = tuple(KnownEntry(f"e-{i}", f"Entry {i:02}: " + "x" * 90, T_KNOWN) for i in range(20))
+    lone = BatchMessage("msg-1", "user", "I like rivers. " + "y" * 985, T0)
+    batch = replace(KNOWN_BATCH, messages=(lone,), known=entries)
+    api = SizeLimit(limit=300, status=status)
+    result = await claude(api, max_retries=0).extract(batch)
+
+    assert [f.text for f in result.facts] == ["User likes rivers."]
+    assert result.notes["known_entries_left_out"] == ",".join(e.entry_id for e in entries)
+    known, messages = shown(api.bodies[-1])
+    assert known == [] and messages == [lone.content]
+    assert len(api.requests) == requests
