@@ -10,6 +10,7 @@ in ISO 8601). Exit codes: 0 ok, 1 drift found (``verify``) or failed batch reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -20,6 +21,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,7 +117,8 @@ class _Commands(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
-            return super().invoke(ctx)
+            with _ctrl_c_noted():
+                return super().invoke(ctx)
         except BrokenPipeError as gone:
             raise _unread(gone) from None
         except (MemveeError, OSError) as error:
@@ -165,6 +168,44 @@ def _unread(gone: BrokenPipeError) -> typer.Exit:
     if not isinstance(gone, ErrorsUnread):  # stdout itself is still read
         _silence_stdout()
     return typer.Exit(code=128 + signal.SIGPIPE)
+
+
+_ctrl_c_pressed = False
+"""Whether a Ctrl-C came while the command ran (see :func:`_ctrl_c_noted`)."""
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[None]:
+    """Take Ctrl-C as Python does (a ``KeyboardInterrupt`` where the main thread is), and
+    note it: memvee turns what an embedder raises that is no ``Exception`` into that
+    embedder's failure, so a Ctrl-C landing in the embedding model would otherwise let a
+    search go on by words (:func:`_stop_if_interrupted` asks). Only on the main thread, and
+    only where Python's own handler is in place (a server installs its own)."""
+    global _ctrl_c_pressed
+    _ctrl_c_pressed = False
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def pressed(signum: int, frame: object) -> None:
+        global _ctrl_c_pressed
+        _ctrl_c_pressed = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, pressed)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is pressed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _stop_if_interrupted() -> None:
+    """End the command as interrupted if a Ctrl-C came that something it called took for
+    its own failure (an embedder's), before it prints an answer."""
+    if _ctrl_c_pressed:
+        raise KeyboardInterrupt
 
 
 def _interrupted() -> typer.Exit:
@@ -1147,6 +1188,7 @@ def search(
             embed_seconds=None if embed_all else SEARCH_EMBED_SECONDS,
             embed_later=left.append,
         )
+    _stop_if_interrupted()
     if left:
         errors.print(
             f"some of {user!r}'s items have no vector yet and were ranked by their words (an "
@@ -1447,10 +1489,13 @@ def main() -> None:
 def _log_warnings_but_not_interrupts() -> None:
     """Print warnings to stderr, as Python does for a program that configures no logging,
     but not a library's report of a Ctrl-C that stopped its cleanup (SQLAlchemy's pool
-    logs one with its traceback): the command then ends with one ``error:`` line. No
+    logs one with its traceback), nor anything once a Ctrl-C came (an embedder it stopped
+    logs its failure): the command then ends with one ``error:`` line. No
     credential is printed (see :class:`RedactSecrets`), nor a control character sent."""
 
     def not_an_interrupt(record: logging.LogRecord) -> bool:
+        if _ctrl_c_pressed:  # what failed of it (an embedder) is no warning of its own
+            return False
         kind = exception_type(record)  # also once a redacting filter took the exception off
         return kind is None or not issubclass(kind, KeyboardInterrupt)
 

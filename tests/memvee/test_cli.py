@@ -8,10 +8,13 @@ import errno
 import io
 import json
 import logging
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import typing
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -1157,6 +1160,26 @@ def test_search_ranks_what_has_no_vector_yet_by_its_words_and_says_so(
     assert note in budgeted and "--embed-all embeds them first" in budgeted
     assert "I live in Oslo." in budgeted
     assert note not in everything and note not in again, "the vectors were kept"
+
+
+def test_ctrl_c_while_search_embeds_is_one_error_line_not_a_lexical_answer(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C that lands while the embedding model loads or embeds stops the search, as
+    anywhere else, and the embedder's failure it caused is not printed. It was taken for
+    that failure: a warning with its traceback, the search ranked by words, and exit 0."""
+    from memvee.embedders._onnx import LocalDefaultEmbedder
+
+    def ctrl_c(self: LocalDefaultEmbedder, texts: Any) -> list[list[float]]:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the signal's handler runs here
+        raise AssertionError("Ctrl-C did not stop the embedder")
+
+    monkeypatch.setattr(LocalDefaultEmbedder, "embed", ctrl_c)
+    with _warnings_printed_as_the_command_line_prints_them():
+        stopped = run("search", "ann", "Oslo", "--db", db, code=2)
+    assert one_error_line(stopped) == "error: interrupted"
+    assert capsys.readouterr().err == ""
 
 
 def test_the_log_reads_one_line_per_event_and_json_keeps_the_payload(db: str) -> None:
