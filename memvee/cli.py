@@ -1267,6 +1267,9 @@ def users(
     if as_json:
         _print_json([dataclasses.asdict(u) for u in page])
         return
+    if not page:
+        console.print(f"no users after {after!r}" if after else "no users")
+        return
     table = Table("user", "version", "messages", "buffered", "knowledge", "tasks ok", "failed")
     for u in page:
         table.add_row(

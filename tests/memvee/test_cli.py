@@ -1203,6 +1203,13 @@ def test_paged_listings_say_when_more_rows_follow(db: str) -> None:
     assert "more events" not in run("log", "bob", "--db", db).output
 
 
+def test_users_past_the_last_page_says_there_are_none_not_an_empty_table(db: str) -> None:
+    """As ``quarantine`` and ``knowledge`` say they found nothing. It printed a table's
+    header and no rows."""
+    assert run("users", "--after", "bob", "--db", db).output == "no users after 'bob'\n"
+    assert json.loads(run("users", "--after", "bob", "--json", "--db", db).output) == []
+
+
 def test_stats_counts_the_events_that_are_there_after_forget(db: str) -> None:
     before = json.loads(run("stats", "--json", "--db", db).output)["events"]
     bob = len(json.loads(run("log", "bob", "--json", "--db", db).output))
