@@ -84,6 +84,20 @@ def db(tmp_path: Path) -> Iterator[str]:
     yield str(tmp_path / "m.db")
 
 
+@pytest.fixture
+def ann_at(db_url: str) -> str:
+    """The URL of a memory, on each backend, where ann said where she lives."""
+
+    async def fill() -> None:
+        memory = Memory(db_url=db_url, extractor=OfflineExtractor(), embedder=False)
+        async with memory:
+            await memory.add_exchange("ann", "I live in Oslo.", "Noted.", sent_at=T0)
+            await memory.flush("ann")
+
+    asyncio.run(fill())
+    return db_url
+
+
 def test_version_and_help_are_plain() -> None:
     assert re.fullmatch(r"\d+\.\d+.*", memvee.__version__)
     assert run("--version").output.strip() == f"memvee {memvee.__version__}"
@@ -1163,7 +1177,7 @@ def test_search_ranks_what_has_no_vector_yet_by_its_words_and_says_so(
 
 
 def test_ctrl_c_while_search_embeds_is_one_error_line_not_a_lexical_answer(
-    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ann_at: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A Ctrl-C that lands while the embedding model loads or embeds stops the search, as
     anywhere else, and the embedder's failure it caused is not printed. It was taken for
@@ -1177,7 +1191,7 @@ def test_ctrl_c_while_search_embeds_is_one_error_line_not_a_lexical_answer(
 
     monkeypatch.setattr(LocalDefaultEmbedder, "embed", ctrl_c)
     with _warnings_printed_as_the_command_line_prints_them():
-        stopped = run("search", "ann", "Oslo", "--db", db, code=2)
+        stopped = run("search", "ann", "Oslo", "--db-url", ann_at, code=2)
     assert one_error_line(stopped) == "error: interrupted"
     assert capsys.readouterr().err == ""
 
@@ -1203,11 +1217,11 @@ def test_paged_listings_say_when_more_rows_follow(db: str) -> None:
     assert "more events" not in run("log", "bob", "--db", db).output
 
 
-def test_users_past_the_last_page_says_there_are_none_not_an_empty_table(db: str) -> None:
+def test_users_past_the_last_page_says_there_are_none_not_an_empty_table(ann_at: str) -> None:
     """As ``quarantine`` and ``knowledge`` say they found nothing. It printed a table's
     header and no rows."""
-    assert run("users", "--after", "bob", "--db", db).output == "no users after 'bob'\n"
-    assert json.loads(run("users", "--after", "bob", "--json", "--db", db).output) == []
+    assert run("users", "--after", "ann", "--db-url", ann_at).output == "no users after 'ann'\n"
+    assert json.loads(run("users", "--after", "ann", "--json", "--db-url", ann_at).output) == []
 
 
 def test_stats_counts_the_events_that_are_there_after_forget(db: str) -> None:
