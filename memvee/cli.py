@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import io
 import itertools
 import json
@@ -704,7 +705,10 @@ def export(
     """A user's whole log as JSON Lines, to import into another database."""
     if out is not None:
         _refuse_empty(out, "--out")
-        _refuse_database_as_output(Path(out), _url(db, db_url))
+        if _is_standard_output(Path(out)):  # /dev/stdout: the log alone, as without --out
+            out = None
+        else:
+            _refuse_database_as_output(Path(out), _url(db, db_url))
     with _audit(db, db_url) as audit:
         lines = audit.export(user)
         if out is None:
@@ -712,6 +716,15 @@ def export(
             return
         count = _write_lines(Path(out), lines)
     console.print(f"exported {count} events of {user!r} to {out}")
+
+
+def _is_standard_output(path: Path) -> bool:
+    """Whether ``path`` is the file standard output writes to (``/dev/stdout``, or the
+    file it was sent to), whose own descriptor, not a second one, must write the log."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # no such file; no descriptor (a test's)
+        return False
 
 
 def _refuse_empty(path: str, name: str) -> None:
@@ -753,12 +766,15 @@ _PARTIAL_PREFIX = ".memvee-export."
 """How the file an export is written to, beside its target, begins."""
 
 
-def _write_lines(target: Path, lines: Iterator[str]) -> int:
-    """Write ``lines`` to ``target``; returns how many. A file is written beside it and
+def _write_lines(given: Path, lines: Iterator[str]) -> int:
+    """Write ``lines`` to ``given``; returns how many. A file is written beside it and
     moved in place once whole, so a failed export leaves no truncated one (a device or a
-    pipe is written to directly)."""
-    if target.exists() and not target.is_file():
-        with target.open("w", encoding="utf-8") as file:
+    pipe is written to directly, and so is an open file of the process a link names:
+    ``/dev/stdout`` sent to a file). A symbolic link is kept: the file it names is
+    replaced, never the link."""
+    target = _linked_file(given)
+    if target is None or (target.exists() and not target.is_file()):
+        with given.open("w", encoding="utf-8") as file:
             return sum(file.write(line + "\n") > 0 for line in lines)
     try:
         # A prefix of its own, not the target's name: a name near the 255-byte limit, with
@@ -767,7 +783,7 @@ def _write_lines(target: Path, lines: Iterator[str]) -> int:
             prefix=_PARTIAL_PREFIX, suffix=".partial", dir=target.parent
         )
     except OSError as error:  # told of the file given, not of the one made beside it
-        raise OSError(error.errno, error.strerror, str(target)) from error
+        raise OSError(error.errno, error.strerror, str(given)) from error
     partial = Path(name)  # a new file of its own: never one that was there, a database
     try:
         with open(descriptor, "w", encoding="utf-8") as file:
@@ -777,6 +793,25 @@ def _write_lines(target: Path, lines: Iterator[str]) -> int:
         partial.unlink(missing_ok=True)
         raise
     return count
+
+
+_MOST_LINKS = 40
+"""How many symbolic links in a row :func:`_linked_file` follows, as Linux does."""
+
+
+def _linked_file(path: Path) -> Path | None:
+    """The path ``path`` names once its symbolic links are followed; ``None`` when one of
+    them is an open file of a process (``/dev/stdout``, ``/dev/fd/1``, ``/proc/self/fd/1``):
+    a file moved in place there would replace the link (as root, ``/dev/stdout`` itself),
+    not the file the descriptor has open."""
+    for _ in range(_MOST_LINKS):
+        folder = Path(os.path.realpath(path.parent))
+        if folder.parent.parent == Path("/proc") and folder.name == "fd":
+            return None
+        if not path.is_symlink():
+            return folder / path.name
+        path = path.parent / path.readlink()
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
 
 
 @app.command("import")

@@ -1196,6 +1196,45 @@ def test_ctrl_c_while_search_embeds_is_one_error_line_not_a_lexical_answer(
     assert capsys.readouterr().err == ""
 
 
+def test_export_through_a_symbolic_link_replaces_the_file_it_names_and_keeps_the_link(
+    db: str, tmp_path: Path
+) -> None:
+    """The link is the user's: the export lands in the file it names. The link was
+    replaced by a file of its own, and the file it named kept its old content."""
+    (tmp_path / "kept").mkdir()
+    real = tmp_path / "kept" / "ann.jsonl"
+    real.write_text("old\n", encoding="utf-8")
+    link = tmp_path / "ann-link.jsonl"
+    link.symlink_to(real)
+    run("export", "ann", "--out", str(link), "--db", db)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert real.read_text(encoding="utf-8") == run("export", "ann", "--db", db).output
+
+
+def test_export_to_a_link_naming_its_own_standard_output_writes_there(
+    db: str, tmp_path: Path
+) -> None:
+    """``--out /dev/stdout`` with stdout sent to a file: that file holds the log alone, as
+    without ``--out``. The link (as root, /dev/stdout itself) was replaced by a regular
+    file, and the redirected output held only the closing line."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    sent = tmp_path / "sent.jsonl"
+    with sent.open("w", encoding="utf-8") as stdout:
+        done = subprocess.run(
+            [str(MEMVEE), "export", "ann", "--out", str(link), "--db", db],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=server_env(),
+            timeout=60,
+            check=False,
+        )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert link.is_symlink()
+    assert sent.read_text(encoding="utf-8") == run("export", "ann", "--db", db).output
+
+
 def test_the_log_reads_one_line_per_event_and_json_keeps_the_payload(db: str) -> None:
     shown = run("log", "ann", "--db", db).output
     assert "#1 user: I live in Oslo." in shown
