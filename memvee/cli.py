@@ -119,7 +119,9 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
             with _ctrl_c_noted():
-                return super().invoke(ctx)
+                done = super().invoke(ctx)
+                _stop_if_interrupted()  # a Ctrl-C that something it called swallowed
+                return done
         except BrokenPipeError as gone:
             raise _unread(gone) from None
         except (MemveeError, OSError) as error:
@@ -204,7 +206,8 @@ def _ctrl_c_noted() -> Iterator[None]:
 
 def _stop_if_interrupted() -> None:
     """End the command as interrupted if a Ctrl-C came that something it called took for
-    its own failure (an embedder's), before it prints an answer."""
+    its own failure (an embedder's): before it prints an answer where it can, else once it
+    returns."""
     if _ctrl_c_pressed:
         raise KeyboardInterrupt
 

@@ -1235,6 +1235,26 @@ def test_export_to_a_link_naming_its_own_standard_output_writes_there(
     assert sent.read_text(encoding="utf-8") == run("export", "ann", "--db", db).output
 
 
+def test_a_ctrl_c_that_something_the_command_called_swallowed_still_ends_it_interrupted(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library that catches ``KeyboardInterrupt`` (as memvee's embedders' containment
+    does) does not make a Ctrl-C go unheard: the command ends with "error: interrupted"
+    (after what it printed before it could hear it) and exit 2. It exited 0."""
+
+    def swallowing_a_ctrl_c(self: Audit, **page: Any) -> list[Any]:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        return []
+
+    monkeypatch.setattr(Audit, "users", swallowing_a_ctrl_c)
+    ended = run("users", "--db", db, code=2).output
+    assert ended.splitlines()[-1] == "error: interrupted" and "Traceback" not in ended
+
+
 def test_the_log_reads_one_line_per_event_and_json_keeps_the_payload(db: str) -> None:
     shown = run("log", "ann", "--db", db).output
     assert "#1 user: I live in Oslo." in shown
