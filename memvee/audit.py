@@ -470,6 +470,20 @@ def record_check(
         )
 
 
+_MOST_NAMED = 10
+"""How many users an import's error names one by one; past that, how many, the first and
+the last."""
+
+
+def _named(user_ids: list[str]) -> str:
+    """``user_ids`` (each once, in order) as an error names them: every one for a few, the
+    count with the first and the last for more, so the error stays one readable line."""
+    users = list(dict.fromkeys(user_ids))
+    if len(users) <= _MOST_NAMED:
+        return ", ".join(map(repr, users))
+    return f"{len(users):,} users, the first {users[0]!r}, the last {users[-1]!r}"
+
+
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
     """Refuse a memvee log whose projections were never made (written by the event store
     alone, say), with what to do about it, instead of failing on a missing table."""
@@ -861,8 +875,7 @@ class Audit:
         except (InvalidInputError, ConflictError) as error:
             if not imported:
                 raise
-            names = ", ".join(map(repr, dict.fromkeys(imported)))
-            raise type(error)(f"{error} (imported before it: {names})") from error
+            raise type(error)(f"{error} (imported before it: {_named(imported)})") from error
         finally:
             if held is not None:
                 held.close()

@@ -1789,6 +1789,28 @@ BROKEN_EXPORTS = [
 ]
 
 
+def test_an_import_stopped_after_many_users_names_a_few_of_them_on_its_one_line(
+    tmp_path: Path,
+) -> None:
+    """Past ten users imported before the broken line, the error says how many, the first
+    and the last, instead of listing every one: it listed them all, one line of megabytes
+    for a file of many users."""
+    source = str(tmp_path / "source.db")
+
+    async def fill() -> None:
+        async with Memory(db_path=source, extractor=OfflineExtractor(), embedder=False) as memory:
+            for n in range(12):
+                await memory.add_message(f"u{n:02d}", "user", "I live in Oslo.")
+
+    asyncio.run(fill())
+    with Audit(db_path=source) as audit:
+        logs = [line for n in range(12) for line in audit.export(f"u{n:02d}")]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([*logs, logs[-1]]) + "\n", encoding="utf-8")
+    line = one_error_line(run("import", str(broken), "--db", str(tmp_path / "m.db"), code=2))
+    assert line.endswith("(imported before it: 11 users, the first 'u00', the last 'u10')")
+
+
 @pytest.mark.parametrize(
     ("case", "broken", "message"), BROKEN_EXPORTS, ids=[c[0] for c in BROKEN_EXPORTS]
 )
