@@ -1790,7 +1790,7 @@ BROKEN_EXPORTS = [
 
 
 def test_an_import_stopped_after_many_users_names_a_few_of_them_on_its_one_line(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str
 ) -> None:
     """Past ten users imported before the broken line, the error says how many, the first
     and the last, instead of listing every one: it listed them all, one line of megabytes
@@ -1807,7 +1807,7 @@ def test_an_import_stopped_after_many_users_names_a_few_of_them_on_its_one_line(
         logs = [line for n in range(12) for line in audit.export(f"u{n:02d}")]
     broken = tmp_path / "broken.jsonl"
     broken.write_text("\n".join([*logs, logs[-1]]) + "\n", encoding="utf-8")
-    line = one_error_line(run("import", str(broken), "--db", str(tmp_path / "m.db"), code=2))
+    line = one_error_line(run("import", str(broken), "--db-url", db_url, code=2))
     assert line.endswith("(imported before it: 11 users, the first 'u00', the last 'u10')")
 
 
