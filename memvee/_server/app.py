@@ -18,6 +18,7 @@ from typing import Literal
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.errors import echoed
@@ -129,7 +130,7 @@ def create_app(
 
     router = api_router(memory, audit)
     api.include_router(router)
-    api.router.routes.extend(mcp_app.routes)
+    api.router.routes.extend(_posts_only(mcp_app.routes))
     install_error_handlers(api, [*api.router.routes, *router.routes], jsonrpc_path="/mcp")
     routed = RefuseInvalidMessages(EncodedSlashes(HeadAsGet(api, "/mcp")), "/mcp", READ_ONLY_TOOLS)
     guarded = BodyLimit(
@@ -281,6 +282,18 @@ def _content_coding(scope: Scope) -> str | None:
     coding = b", ".join(named_by.get(b"content-encoding", [])).decode("latin-1")
     named = {part.strip().lower() for part in coding.split(",")} - {"", "identity"}
     return coding if has_body and named else None
+
+
+def _posts_only(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """The MCP transport's routes, taking ``POST`` alone (any other method is a 405 naming
+    it): a stateless server sends nothing on the event stream a ``GET`` would open, which
+    stayed open, pinged, for ever, and has no session for a ``DELETE`` to end."""
+    return [
+        Route(route.path, route.endpoint, methods=["POST"], name=route.name)
+        if isinstance(route, Route)
+        else route
+        for route in routes
+    ]
 
 
 class HeadAsGet:

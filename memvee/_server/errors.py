@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mcp.types import INTERNAL_ERROR
+from mcp.types import INTERNAL_ERROR, INVALID_REQUEST
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -229,7 +229,7 @@ def install_error_handlers(
             problems.append(described(problem, "body"))
         return _body(request, 422, "invalid_input", "; ".join(problems))
 
-    async def on_http(request: Request, error: Exception) -> JSONResponse:
+    async def on_http(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
         if error.status_code == 400:  # FastAPI: a body json.loads refused, but not as JSON
             return _body(request, 422, "invalid_input", _UNREADABLE_BODY)
@@ -237,6 +237,8 @@ def install_error_handlers(
         headers = dict(error.headers or {})
         if error.status_code == 405:
             headers["Allow"] = _allowed_methods(routes, request.scope)
+        if on_path(request.scope, jsonrpc_path):  # a method MCP's route does not take
+            return jsonrpc_error(INVALID_REQUEST, str(error.detail), error.status_code, headers)
         return error_response(request.scope, error.status_code, code, str(error.detail), headers)
 
     async def on_defect(request: Request, error: Exception) -> Response:

@@ -567,6 +567,27 @@ def test_a_request_whose_id_mcp_does_not_take_is_refused_over_http_not_dropped(
     assert notified.status_code == 202
 
 
+def test_mcp_takes_only_post_as_a_stateless_server_has_no_stream_or_session_to_offer(
+    http: httpx.Client,
+) -> None:
+    """A GET opened an event stream on which a stateless server never sends a message,
+    kept open with pings for ever, and a DELETE had no session to end but was listed in
+    ``Allow``: both are 405, naming POST, as JSON-RPC errors (a client then goes on
+    without them, as MCP allows)."""
+    accept = {"accept": "application/json, text/event-stream"}
+    for method in ("GET", "DELETE", "PUT"):
+        with http.stream(method, "/mcp", headers=accept, timeout=5) as answer:
+            assert answer.status_code == 405, (method, answer.headers)
+            assert answer.headers["allow"] == "POST", method
+            answer.read()
+        error = answer.json()
+        assert (error["id"], error["error"]["code"]) == (None, -32600), method
+    listed = http.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, headers=accept
+    )
+    assert listed.status_code == 200 and listed.json()["id"] == 7
+
+
 def test_a_post_not_typed_as_json_is_refused_as_json_rpc_naming_its_request(
     http: httpx.Client,
 ) -> None:
