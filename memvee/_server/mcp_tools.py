@@ -28,8 +28,10 @@ from mcp.types import INVALID_PARAMS, GetPromptResult, InputRequiredResult, Tool
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from events import MemveeError
+from events.checks import MAX_USER_ID_CHARS
 from events.errors import echoed
 from memvee._memory import Memory
+from memvee._retrieval import MAX_QUERY_CHARS
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import (
     DATABASE_FAILURES,
@@ -304,6 +306,13 @@ def build_mcp(
     ]
     if allow_forget:
         tools.append((forget_user, FORGET_USER))
+    content = memory.config.max_content_chars
+    lengths = {
+        "user_id": MAX_USER_ID_CHARS,
+        "user_message": content,
+        "assistant_message": content,
+        "question": MAX_QUERY_CHARS,
+    }
     exact: list[Tool] = []
     for fn, description in tools:
         tool = _with_tool_errors(fn)
@@ -311,7 +320,7 @@ def build_mcp(
             tool = _until_cut(tool, cutoff, reads_only=fn.__name__ in READ_ONLY_TOOLS)
         if user is not None:
             tool = _for_user(tool, user)
-        exact.append(_exact_tool(tool, fn.__name__, description, _hints(fn.__name__)))
+        exact.append(_exact_tool(tool, fn.__name__, description, _hints(fn.__name__), lengths))
     return _MemveeServer(
         "memvee",
         instructions=INSTRUCTIONS,
@@ -462,10 +471,16 @@ def _whole_numbers_as_integers(arguments: dict[str, Any], model: type[BaseModel]
 
 
 def _exact_tool(
-    fn: Callable[..., Awaitable[Any]], name: str, description: str, hints: ToolAnnotations
+    fn: Callable[..., Awaitable[Any]],
+    name: str,
+    description: str,
+    hints: ToolAnnotations,
+    lengths: dict[str, int],
 ) -> Tool:
     """The tool ``fn`` as an :class:`_ExactTool`: its arguments model forbids other names
-    and converts no value, and its input schema says so (``additionalProperties: false``)."""
+    and converts no value, and its input schema says so (``additionalProperties: false``),
+    and gives each text argument named in ``lengths`` its most characters (``maxLength``),
+    which the library checks, in its own words."""
     tool = _ExactTool.from_function(fn, name=name, description=description, annotations=hints)
     loose = tool.fn_metadata
     arguments = create_model(
@@ -480,6 +495,10 @@ def _exact_tool(
         wrap_output=loose.wrap_output,
     )
     schema = arguments.model_json_schema(by_alias=True)
+    for argument, spelled in schema["properties"].items():
+        for text in [spelled, *spelled.get("anyOf", [])]:
+            if argument in lengths and text.get("type") == "string":
+                text["maxLength"] = lengths[argument]
     return tool.model_copy(update={"fn_metadata": metadata, "parameters": schema})
 
 

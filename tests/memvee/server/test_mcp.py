@@ -826,6 +826,34 @@ async def test_a_tool_takes_exactly_the_arguments_its_schema_allows(
     )
 
 
+async def test_every_text_argument_schema_states_the_length_the_tool_takes(
+    make_memory: Any, db_url: str
+) -> None:
+    """A model sees the limits in the input schema (``maxLength``, the memory's own for a
+    message) instead of meeting them as an error; one over them is still refused with
+    the library's words."""
+    memory = await make_memory(config={"max_content_chars": 1_000})
+    with Audit(db_url=db_url) as audit:
+        async with Client(build_mcp(memory, audit)) as client:
+            session: Any = client
+            schemas = {t.name: t.input_schema for t in (await session.list_tools()).tools}
+            too_long = await failure(session, "remember", user_id="ann", user_message="x" * 1_001)
+
+    def longest(tool: str, argument: str) -> int | None:
+        spelled = schemas[tool]["properties"][argument]
+        texts = [s for s in [spelled, *spelled.get("anyOf", [])] if s.get("type") == "string"]
+        assert len(texts) == 1, spelled
+        length: int | None = texts[0].get("maxLength")
+        return length
+
+    assert {tool: longest(tool, "user_id") for tool in schemas} == dict.fromkeys(schemas, 256)
+    assert longest("remember", "user_message") == 1_000
+    assert longest("remember", "assistant_message") == 1_000
+    assert longest("recall", "question") == 100_000
+    assert longest("explain_memory", "entry_id") is None
+    assert too_long.startswith("invalid_input: user message content is 1001 characters long")
+
+
 async def test_an_integer_argument_may_be_written_as_a_number_with_no_fraction(
     make_memory: Any, db_url: str
 ) -> None:
