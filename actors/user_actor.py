@@ -73,7 +73,7 @@ from events.errors import (
     repeats,
 )
 from events.user_log import LIVE_KNOWLEDGE, WHOLE_FAILURES_IN_A_ROW
-from projections.shown import MAX_KNOWN_ENTRIES, shown_budget
+from projections.shown import MAX_KNOWN_ENTRIES, expected_shown
 
 __all__ = ["FAULT_REASON", "FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
 
@@ -337,12 +337,17 @@ class UserActor(PooledActor):
     def _most_shown(self) -> int:
         """What the entries shown beside this user's next batch may weigh, before any batch
         of this actor measured them (after a start, a restart or passivation): nothing for
-        a user with no entry to show, else the share of a batch they are given. Planned as
-        if none, a user with many entries would pay a second 413 after a size was learned."""
+        a user with no entry to show, else what the user's current entries are expected to
+        weigh, at most the share of a batch they are given (one entry for a user whose
+        entries all ended: those are shown beside a backdated batch only). Planned as if
+        none, a user with many entries would pay a second 413 after a size was learned;
+        planned as the whole share, a user with one entry would send a backlog one message
+        a request."""
         user_log = self._log
         if user_log is None or (user_log.knowledge_count <= 0 and user_log.latest_end is None):
             return 0
-        return shown_budget(self._services.settings.limits.max_tokens)
+        entries = max(1, user_log.knowledge_count)
+        return expected_shown(self._services.settings.limits.max_tokens, entries)
 
     def _log_quarantined(self, quarantined: list[str], error: str) -> None:
         """Warn of each message quarantined after failing alone ``max_attempts`` times."""

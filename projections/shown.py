@@ -39,6 +39,7 @@ __all__ = [
     "MEANING_TEXTS",
     "ByMeaning",
     "Near",
+    "expected_shown",
     "shown_beside",
     "shown_budget",
     "targets_of",
@@ -69,6 +70,20 @@ def shown_budget(max_batch_tokens: int) -> int:
     planned to leave them before they are read."""
     return max_batch_tokens // KNOWN_SHARE
 
+
+def expected_shown(max_batch_tokens: int, entries: int) -> int:
+    """What the entries shown beside a batch of ``max_batch_tokens`` are expected to weigh
+    when the user has ``entries`` current ones, before they are read (a batch's first plan
+    after a start): their :func:`shown_budget`, or less when so few entries cannot fill it
+    at :data:`ENTRY_TOKENS` each."""
+    return min(shown_budget(max_batch_tokens), min(entries, MAX_KNOWN_ENTRIES) * ENTRY_TOKENS)
+
+
+ENTRY_TOKENS = 64
+"""What an entry shown beside a batch is expected to weigh (some 250 characters of
+English): a fact is a sentence or two, most far shorter. Entries that run longer may cost
+a user's first batch after a start one refusal as too large (HTTP 413), whose split
+measures them."""
 
 _NEAR_PER_TEXT = 4
 """The fewest entries taken by meaning for each embedded text of a batch."""

@@ -1766,3 +1766,35 @@ async def test_a_message_over_the_whole_context_is_quarantined_saying_so(
     tokens = [_prompt_tokens(r) for r in server.requests]
     assert runs == 1 and len(tokens) == 12
     assert sum(t > 4_000 for t in tokens) == 7 and sum(map(_is_probe, server.requests)) == 3
+
+
+async def test_a_users_first_batch_after_a_restart_reserves_only_what_her_few_entries_weigh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dave has one entry from before a restart. After it, Bob's backlog teaches the body
+    limit (one 413); Dave's backlog of twelve messages then fits one request beside his
+    one entry, and goes in one: the room kept for the entries shown is what his one entry
+    may weigh. It used to be a quarter of the configured batch, more than the size learned
+    left, and his first batch took one message (two requests)."""
+    limit = 15_000
+    story = "I walked along the river and watched the boats go by. " * 8
+    db = tmp_path / "restart.db"
+    with MessagesAPIServer() as server:
+        async with _memory_over(server, monkeypatch, db, extraction_timeout=30) as memory:
+            await memory.add_exchange(
+                "dave", "I went to Oslo with my old friends from school", "ok"
+            )
+            await memory.process("dave")
+        server.max_request_bytes, server.responder = limit, _nothing_learned
+        async with _memory_over(server, monkeypatch, db, extraction_timeout=30) as memory:
+            for i in range(50):
+                await memory.add_exchange("bob", f"Day {i}: {story}", "ok")
+            await memory.process("bob")
+            daves_first = len(server.requests)
+            for i in range(12):
+                await memory.add_exchange("dave", f"Day {i}: {story}", "ok")
+            await memory.process("dave")
+            assert await memory.buffer("dave") == [] and await memory.quarantined("dave") == []
+    daves = server.requests[daves_first:]
+    assert [len(r.known) for r in daves] == [1]
+    assert len(json.dumps(daves[0].body, separators=(",", ":"))) <= limit
