@@ -159,10 +159,11 @@ class ClosedAfterUpgrade:
     ``upgrade`` too, and other requests (an ``Upgrade`` a proxy passed on, without the
     token) keep their connection. The parser unknown, any ``Upgrade`` closes.
 
-    httptools also takes such a request's body for the other protocol's and hands the app
-    none: a request that has one (a POST sent with curl's ``--http2`` on plain http) is
-    refused, 422 ``invalid_input`` (on ``jsonrpc_path``, in JSON-RPC's shape), rather than
-    served as if it had been sent empty."""
+    httptools also takes such a request's body for the other protocol's, when ``Upgrade``
+    names one, and hands the app none: a request that has one (a POST sent with curl's
+    ``--http2`` on plain http) is refused, 422 ``invalid_input`` (on ``jsonrpc_path``, in
+    JSON-RPC's shape), rather than served as if it had been sent empty. Where the body is
+    read (h11, an empty ``Upgrade``) or the parser is unknown, the request is served."""
 
     def __init__(
         self, app: ASGIApp, parser: HttpParser | None = None, *, jsonrpc_path: str | None = None
@@ -206,9 +207,13 @@ class ClosedAfterUpgrade:
         return _names_upgrade(headers)
 
     def _body_taken(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Whether the parser (httptools, or one unknown) took the body of a request it
-        holds as an upgrade, with ``headers``, for the other protocol's."""
-        if self.parser == "h11" or not _names_upgrade(headers):
+        """Whether httptools took the body of a request it holds as an upgrade, with
+        ``headers``, for the other protocol's: an ``Upgrade`` naming a protocol, with
+        ``Connection: upgrade``. With the parser unknown, the request is served: refused,
+        a body h11 read would be lost."""
+        if self.parser != "httptools" or not _names_upgrade(headers):
+            return False
+        if not any(name == b"upgrade" and value.strip() for name, value in headers):
             return False
         return any(
             name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")

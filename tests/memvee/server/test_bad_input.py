@@ -527,14 +527,19 @@ def test_a_body_over_the_limit_announced_with_expect_100_continue_is_413_before_
 
 
 @contextlib.asynccontextmanager
-async def _serving(memory: Memory, db_url: str, parser: HttpParser) -> AsyncIterator[int]:
-    """The server over ``memory`` on ``parser``, as ``memory serve`` runs it, listening on
-    127.0.0.1 at the port yielded, until the block ends."""
+async def _serving(
+    memory: Memory, db_url: str, parser: HttpParser, *, told: bool = True
+) -> AsyncIterator[int]:
+    """The server over ``memory`` on ``parser``, as ``memory serve`` runs it (the app told
+    which parser serves it unless ``told`` is false), listening on 127.0.0.1 at the port
+    yielded, until the block ends."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     with Audit(db_url=db_url) as audit:
-        app = create_app(memory, audit, max_body_bytes=1 << 20, http_parser=parser)
+        app = create_app(
+            memory, audit, max_body_bytes=1 << 20, http_parser=parser if told else None
+        )
         config = uvicorn.Config(app, http=parser, ws="none", log_config=None, access_log=False)
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve(sockets=[listener]))
@@ -639,3 +644,29 @@ async def test_a_post_asking_for_an_upgrade_is_served_with_its_body_or_refused_i
     else:
         assert status == b"201", received
         assert stored == ["I live in Oslo"]
+
+
+@pytest.mark.parametrize(
+    ("parser", "told", "upgrade"),
+    [
+        ("h11", False, "Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n"),
+        ("httptools", True, "Upgrade: \r\nConnection: Upgrade\r\n"),
+    ],
+)
+async def test_a_post_asking_for_an_upgrade_whose_body_its_parser_read_is_served(
+    memory: Memory, db_url: str, parser: HttpParser, told: bool, upgrade: str
+) -> None:
+    """A POST with a body and an upgrade asked for is refused only where httptools took its
+    body (``Upgrade`` naming a protocol, with ``Connection: upgrade``). On h11, the app not
+    told which parser serves it, or with an empty ``Upgrade``, the body is read, and the
+    message written. Both used to be refused, 422, their body read."""
+    body = json.dumps({"role": "user", "content": "I live in Oslo"}).encode()
+    request = (
+        f"POST /v1/users/upgrading/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n{upgrade}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    async with _serving(memory, db_url, parser, told=told) as port:
+        received = await _received_on_one_connection(port, request)
+
+    assert received.split(b" ")[1] == b"201", received
+    assert [m.content for m in await memory.messages("upgrading")] == ["I live in Oslo"]
