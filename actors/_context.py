@@ -196,6 +196,14 @@ class SharedServices:
     and whose ``waiting`` messages it held (see :attr:`key_works`): the engine probes the
     key with that user, or owes them a retry while another probe runs, as an open does
     (see :class:`actors._key_probe.KeyProbe`)."""
+    probe_stands_as: Callable[[str, str], None] = lambda _probe, _task_id: None
+    """Told by the actor asked to run the engine's probe of the key as task ``probe`` when
+    a request of the user already waited, so none was queued: that request, ``task_id``,
+    is the probe now (see :meth:`actors._key_probe.KeyProbe.stands_as`)."""
+    probe_gone: Callable[[str], None] = lambda _task_id: None
+    """Told by the actor whose task ``task_id``, the engine's probe of the key, will not
+    end in this process: the user's lease moved (the new owner runs it), or the task ended
+    elsewhere. Another probe may start (see :meth:`actors._key_probe.KeyProbe.probe_over`)."""
     refuse_unfolded: Callable[[str], None] = lambda _user_id: None
     """Raise, for a user whose log the open's fold left unfolded (an event of it cannot be
     read), the typed error naming them: that log is neither loaded nor written."""

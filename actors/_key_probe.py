@@ -33,16 +33,26 @@ class KeyProbe:
     def start_probe(self, task_id: str) -> bool:
         """Whether a probe of the key may run as task ``task_id`` now: not while another
         is in flight (those it would probe wait owed instead, and a key still refused costs
-        one run, not one per user taken over). The probe is over when that task ends, or
-        once :meth:`probe_over` says it queued nothing."""
+        one run, not one per user taken over). The probe is over when its task ends here
+        (``task_id``, or the request that stands for it: :meth:`stands_as`), or once
+        :meth:`probe_over` says it queued nothing, or that it will not end here (the lease
+        of its user moved to another process, or it ended there)."""
         with self._lock:
             if self._probing is not None:
                 return False
             self._probing = task_id
             return True
 
+    def stands_as(self, probe: str, task_id: str) -> None:
+        """The probe ``probe`` was not queued because a request of its user, ``task_id``,
+        already waited: that run shows whether the key works, so the probe ends with it."""
+        with self._lock:
+            if self._probing == probe:
+                self._probing = task_id
+
     def probe_over(self, task_id: str) -> None:
-        """The probe ``task_id`` ended, or never ran: another may start."""
+        """The probe ``task_id`` ended, never ran, or will not end in this process: another
+        may start."""
         with self._lock:
             if self._probing == task_id:
                 self._probing = None

@@ -245,6 +245,8 @@ class Engine:
             refuse_unfolded=self.refuse_unfolded,
             key_works=key_works,
             held_at_takeover=self._held_at_takeover,
+            probe_stands_as=self.key_probe.stands_as,
+            probe_gone=self.key_probe.probe_over,
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
@@ -597,8 +599,9 @@ class Engine:
         once any run of this engine covers messages (:class:`KeyProbe`): a key still refused
         costs that one run, not one per user, and a key fixed since the runs were refused
         leaves no user's messages waiting for the threshold, even when the probe's run fails
-        in a way that passes, or runs under another id. A user whose recovery queues no run
-        (none is owed any more, its lease lost) hands the probe to the next."""
+        in a way that passes, or runs under another id. A request of the user waiting
+        already stands for the probe (none more is queued); a user whose recovery queues no
+        run (none is owed any more, its lease lost) hands the probe to the next."""
         ranked = sorted(held, key=held.__getitem__, reverse=True)
         self.key_probe.owe(ranked, self._retry_after_probe(threshold))
         for probe in ranked:

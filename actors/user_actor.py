@@ -154,6 +154,7 @@ class UserActor(PooledActor):
         "_loaded",
         "_log",
         "_owner",
+        "_probe",
         "_requests",
         "_retire",
         "_running",
@@ -202,6 +203,7 @@ class UserActor(PooledActor):
         self._unended: tuple[str, ...] = ()  # tasks run here whose end could not be stored
         self._requests: tuple[str, ...] = ()  # tasks requested here, maybe not yet started
         self._owner: bool | None = None
+        self._probe: str | None = None  # the task queued here as the engine's probe of the key
         self._took_over = False  # the lease was just taken: close the last owner's tasks
         self._shut_down = False  # the engine stops: no task starts or is requested here
         self._self_proxy: Any = None
@@ -463,7 +465,8 @@ class UserActor(PooledActor):
         wait for enough messages, a run asked for, or any run of this engine that covers
         messages (the engine owes them a recovery then:
         :class:`actors._key_probe.KeyProbe`). With ``probe``, the user is the engine's
-        probe of the key: a run of any message waiting is requested under that task id.
+        probe of the key: a run of any message waiting is requested under that task id, or,
+        when a request already waits (none more is queued), that request stands for it.
         """
         if not self._is_owner():
             return Recovered([], 0)
@@ -479,14 +482,15 @@ class UserActor(PooledActor):
         two batches), and request processing if ``auto_threshold`` messages wait, or any
         when the last task to end failed in a way that may pass (``retry_failed``: the
         engine's reopen found so; or the log says so, as at a takeover), or was refused
-        and the key is known to work or is probed (task ``probe``)."""
+        and the key is known to work or is probed (task ``probe``, or the request that
+        waits already: the engine is told it stands for the probe)."""
         task_id = probe or str(uuid4())
         retry_refused = probe is not None or self._services.key_works.is_set()
 
-        def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool, int, bool]:
+        def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool, int, str | None]:
             # One transaction: nobody sees the crash closed but the recovery not requested.
             if user_log is None:
-                return [], False, 0, False
+                return [], False, 0, None
             failed = retry_failed or user_log.failed_last
             owed = failed and (retry_refused or not user_log.refused_last)
             stale = [t for t in user_log.started_tasks if t != self._running]
@@ -498,7 +502,7 @@ class UserActor(PooledActor):
                 and user_log.request_processing(task_id, "recovery")
             )
             held = failed and auto_threshold is not None and not owed and not requested
-            queued = requested or bool(user_log.requested)
+            queued = task_id if requested else next(iter(user_log.requested), None)
             return closed, requested, len(user_log.pending) if held else 0, queued
 
         closed, requested, held, queued = self._decide(close_and_request)
@@ -511,7 +515,11 @@ class UserActor(PooledActor):
         if requested:
             self._requested_here(task_id)
             self._services.observer.task_scheduled(self.user_id, task_id, "recovery", stored=True)
-        return Recovered(closed, held, queued)
+        if probe is not None and queued is not None:
+            self._probe = queued
+            if queued != probe:  # told before this actor can tell that request's end
+                self._services.probe_stands_as(probe, queued)
+        return Recovered(closed, held, queued is not None)
 
     def _held_at_takeover(self, recovered: Recovered) -> None:
         """Tell the engine of a run refused elsewhere that taking the user over held: this
@@ -531,6 +539,32 @@ class UserActor(PooledActor):
         self._await_last_write()
         self._forget_log()
         self._advance()
+        self._probe_ended_elsewhere()
+
+    def _probe_ended_elsewhere(self) -> None:
+        """Tell the engine that its probe of the key queued here ended in another process,
+        as the log reloaded from the store shows (or that the log is gone): its end is
+        never told here, and no other probe could start."""
+        probe = self._probe
+        if probe is None or not self._loaded:
+            return
+        user_log = self._log
+        if user_log is None or (
+            probe != self._running
+            and probe not in user_log.requested
+            and probe not in user_log.open_tasks
+        ):
+            self._probe = None
+            self._services.probe_gone(probe)
+
+    def _lease_lost(self) -> None:
+        """This process lost the user's lease: it processes nothing more of the user, and
+        the engine's probe of the key queued here, if any, runs at the new owner's."""
+        self._owner = False
+        log.warning("user %r: the lease was lost; processing stops here", self.user_id)
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            self._services.probe_gone(probe)
 
     def renew_ownership(self, owner: bool) -> None:
         """The engine renewed (``True``) or lost (``False``) this user's lease."""
@@ -540,7 +574,7 @@ class UserActor(PooledActor):
             self._forget_log()
             self._held_at_takeover(self.recover(self._recovery_threshold()))
         elif was and not owner:
-            log.warning("user %r: the lease was lost; processing stops here", self.user_id)
+            self._lease_lost()
 
     def shutdown(self, reason: str) -> None:
         """As the owner, end the running task and the tasks requested in this process as
@@ -1160,8 +1194,7 @@ class UserActor(PooledActor):
         leases = self._services.leases
         if leases is None or leases.held(self.user_id):
             return True
-        self._owner = False
-        log.warning("user %r: the lease was lost; processing stops here", self.user_id)
+        self._lease_lost()
         return False
 
     def _leaves_for_its_requester(self, user_log: UserLog) -> bool:

@@ -47,3 +47,15 @@ def test_one_probe_of_the_key_runs_at_a_time_and_the_next_may_start_once_it_ende
     assert probe.start_probe("probe-2")
     probe.probe_over("probe-2")
     assert probe.start_probe("probe-3"), "a probe that queued nothing is over"
+
+
+def test_a_probe_a_waiting_request_stands_for_ends_with_that_request() -> None:
+    """A probe queued nothing because a request of its user already waited: that request
+    is the probe, and its end lets the next probe start."""
+    probe = KeyProbe(_Unheard(), threading.Event())
+    assert probe.start_probe("probe-1")
+    probe.stands_as("probe-1", "waiting")
+    probe.probe_over("probe-1")
+    assert not probe.start_probe("probe-2"), "the waiting request runs as the probe"
+    probe.task_finished("u", "waiting", "FAILED", 0, "HTTP 401")
+    assert probe.start_probe("probe-2")

@@ -560,6 +560,87 @@ async def test_a_guest_that_ran_nothing_taking_over_a_user_whose_key_was_refused
         await owner.close()
 
 
+async def test_a_probe_of_the_key_that_a_waiting_request_stood_for_ends_with_that_request(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's run failed on a refused key and the owner stalls; the guest takes the
+    user over by two runs asked of it, so its probe of the key finds a request waiting
+    and queues none: that request stands for the probe, and once both runs ended another
+    probe may start. The probe used to stay in flight for a task never recorded, and the
+    guest never probed the key again (the users it took over owed for ever)."""
+    owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor(gated=True)
+    owner_extractor.fault = lambda _: ExtractorAccessRefusedError("HTTP 401: invalid x-api-key")
+    config = dict(auto_process=True, batch_threshold=10, retry_delay=60)
+    owner = await Memory(
+        config=_config(db_url, EXPIRING_TTL, **config), extractor=owner_extractor
+    ).open()
+    guest = await Memory(config=_config(db_url, **config), extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        with pytest.raises(ProcessingError):
+            await owner.process("u")
+        await _stall(owner, monkeypatch)
+        first, second = guest.process_async("u"), guest.process_async("u")
+        assert await asyncio.to_thread(guest_extractor.started.wait, 30)
+        await asyncio.sleep(1)  # the probe of the key, on a thread of its own, finds them
+        guest_extractor.gate.set()
+        await first.wait()
+        await second.wait()
+        assert guest._engine is not None
+        await _until(lambda: guest._engine.key_probe.start_probe("the next probe"), 10)
+    finally:
+        monkeypatch.undo()
+        guest_extractor.gate.set()
+        await guest.close()
+        await owner.close()
+
+
+async def test_a_probe_of_the_key_whose_users_lease_moved_away_lets_another_probe_start(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest takes over a user whose key was refused by a run of its own, its probe of
+    the key queued behind that run; then it stalls, and a third process takes the user over
+    and runs the probe. Back, the guest learns its lease is gone: another probe may start.
+    It used to wait for ever for that probe to end here, and never probed the key again."""
+    owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor(gated=True)
+    owner_extractor.fault = lambda _: ExtractorAccessRefusedError("HTTP 401: invalid x-api-key")
+    config = dict(auto_process=True, batch_threshold=10, retry_delay=60)
+    owner = await Memory(
+        config=_config(db_url, EXPIRING_TTL, **config), extractor=owner_extractor
+    ).open()
+    guest = await Memory(
+        config=_config(db_url, EXPIRING_TTL, **config), extractor=guest_extractor
+    ).open()
+    third = None
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        with pytest.raises(ProcessingError):
+            await owner.process("u")
+        await _stall(owner, monkeypatch)
+        guest.process_async("u")
+        assert await asyncio.to_thread(guest_extractor.started.wait, 30)
+        assert guest._engine is not None
+        probe = guest._engine.key_probe
+        await asyncio.sleep(2)  # the probe of the key, on a thread of its own, is queued
+        assert not probe.start_probe("a probe while the first is in flight")
+        await _stall(guest, monkeypatch)
+        third = await Memory(
+            config=_config(db_url, **config), extractor=RecordingExtractor()
+        ).open()
+        await third.add_exchange("u", "I like tea", "ok")
+        await asyncio.wait_for(third.wait_for_processing("u"), 30)
+        monkeypatch.undo()
+        guest_extractor.gate.set()
+        await _until(lambda: probe.start_probe("the next probe"), 10)
+    finally:
+        monkeypatch.undo()
+        guest_extractor.gate.set()
+        if third is not None:
+            await third.close()
+        await guest.close()
+        await owner.close()
+
+
 def _users_sent(extractor: RecordingExtractor) -> set[str]:
     """The users whose batches ``extractor`` was given."""
     return {batch.user_id for batch in list(extractor.batches)}
