@@ -1798,3 +1798,40 @@ async def test_a_users_first_batch_after_a_restart_reserves_only_what_her_few_en
     daves = server.requests[daves_first:]
     assert [len(r.known) for r in daves] == [1]
     assert len(json.dumps(daves[0].body, separators=(",", ":"))) <= limit
+
+
+@pytest.mark.parametrize("probe", ["refused", "accepted"])
+async def test_a_long_lone_message_its_entries_take_over_the_body_limit_is_extracted_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
+) -> None:
+    """Ann's entries shown beside her long message make a request over the body limit
+    (413); beside the harmless message of a probe they are ``probe`` too; without them
+    the message fits. The entries that fit beside a probe's short message do not fit
+    beside the long one: the batch is extracted with none rather than its message
+    blamed, where it used to be quarantined after three runs (found by
+    test_claude_soak)."""
+    fill = " and I really enjoyed the long walk by the sea with my old friends from school"
+    long_message = "I live in Lisbon" + " and then some more" * 100
+    with MessagesAPIServer() as server:
+        db = tmp_path / "entries.db"
+        async with _memory_over(server, monkeypatch, db, **QUICK_RETRIES) as memory:
+            for i in range(40):
+                await memory.add_exchange("ann", f"Fact {i}: I live in place {i}{fill}", "ok")
+            await memory.process("ann")
+            await memory.add_message("ann", "user", long_message)
+            server.max_request_bytes = 1  # every request refused, to weigh its parts
+            with pytest.raises(ProcessingError):
+                await memory.process("ann")
+            full, probe_size, bare = (
+                len(json.dumps(r.body, separators=(",", ":"))) for r in server.requests[-3:]
+            )
+            alone = bare + full - probe_size
+            limit = bare + (probe_size - bare) // 2 if probe == "refused" else probe_size + 100
+            assert alone < limit < full
+            server.max_request_bytes = limit
+            for _ in range(MAX_RUNS):
+                with contextlib.suppress(ProcessingError):
+                    await memory.process("ann")
+            assert await memory.quarantined("ann") == []
+            assert await memory.buffer("ann") == []
+            assert not checked_coverage(memory, "ann").buffered
