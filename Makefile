@@ -56,14 +56,17 @@ crash: install
 	  $(BIN)/pytest -q -p no:cacheprovider tests/memvee/test_crash_recovery.py \
 	    tests/actors/test_many_processes.py || exit 1; done'
 
-# The soak of the whole Memory (tests/memvee/test_soak.py), longer and seed after seed.
+# The soaks of the whole Memory (tests/memvee/test_soak.py) and of the real extraction path
+# (tests/memvee/test_claude_soak.py), longer and seed after seed.
 SOAK_ROUNDS ?= 5
 SOAK_SECONDS ?= 10
 soak: install
 	scripts/with-postgres.sh sh -c 'for i in $$(seq $(SOAK_ROUNDS)); do \
 	  echo "soak round $$i/$(SOAK_ROUNDS)"; \
-	  MEMVEE_SOAK_SEED=$$i MEMVEE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q \
-	    -p no:cacheprovider tests/memvee/test_soak.py || exit 1; done'
+	  MEMVEE_SOAK_SEED=$$i MEMVEE_SOAK_SECONDS=$(SOAK_SECONDS) \
+	  MEMVEE_CLAUDE_SOAK_SEED=$$i MEMVEE_CLAUDE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q \
+	    -p no:cacheprovider -p no:langsmith_plugin tests/memvee/test_soak.py \
+	    tests/memvee/test_claude_soak.py || exit 1; done'
 
 clean:
 	rm -rf $(VENV) demo.db* .pytest_cache .mypy_cache .ruff_cache
