@@ -125,6 +125,15 @@ class FileHold:
             descriptor is not None and try_flock(descriptor) and same_file(descriptor, self.record)
         )
 
+    def share(self) -> None:
+        """Hold the file shared again after :meth:`alone`, whatever it answered: other
+        stores may open it from now on (waits out an opener's moment alone)."""
+        import fcntl  # not on Windows, where take() returns None
+
+        descriptor = self._descriptor
+        if descriptor is not None:
+            fcntl.flock(descriptor, fcntl.LOCK_SH)
+
     def release(self) -> None:
         """Give the hold up; the last holder removes the record. Idempotent."""
 

@@ -53,6 +53,7 @@ from events.commits_elsewhere import CommitsElsewhere
 from events.errors import (
     ConflictError,
     ConnectionLostError,
+    DatabaseInUseError,
     InvalidInputError,
     MemveeError,
     NewerEventError,
@@ -1139,6 +1140,25 @@ class EventStore:
         if lock is None:
             return _transaction_on(self.engine.connect(), self.safe_url)
         return _WriterTransaction(self, lock)
+
+    @contextmanager
+    def held_alone(self, refusal: str) -> Iterator[None]:
+        """Keep every other store, in this process or another, off this SQLite file while
+        the block runs: refused with :class:`DatabaseInUseError` (saying ``refusal``),
+        before the block runs, while another has the file open; one opening meanwhile
+        waits until the block ends. A change that stores running elsewhere would not
+        follow (an older memvee's, say) is made under it. Where the file is not held
+        (PostgreSQL, a file system without ``flock``), the block runs as it is."""
+        hold = self._hold
+        if hold is None or not hold.held:
+            yield
+            return
+        try:
+            if not hold.alone():
+                raise DatabaseInUseError(refusal)
+            yield
+        finally:
+            hold.share()
 
     def load(self, user_id: str) -> UserLog | None:
         """The log of ``user_id`` from its latest snapshot and later events, or ``None``."""

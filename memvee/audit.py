@@ -120,6 +120,7 @@ from projections import (
     QuarantinedMessage,
     UserState,
     UserSummary,
+    alone_while_upgrading,
     bring_up_to_date,
     index_messages,
     refold_now_readable,
@@ -596,9 +597,13 @@ class Audit:
         tables = ProjectionTables()
         try:
             if create and self.store.max_position() == 0:
-                with self.store.transaction() as connection:
+                projector = Projector(tables)
+                with (
+                    alone_while_upgrading(self.store, projector),
+                    self.store.transaction() as connection,
+                ):
                     self.store.lock_writers(connection)
-                    Projector(tables).create(connection)
+                    projector.create(connection)
             require_projections(self.store, tables)
             catch_up_if_behind(self.store, tables)
         except BaseException:

@@ -18,6 +18,7 @@ from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 from projections.rebuild import (
     Difference,
+    alone_while_upgrading,
     bring_up_to_date,
     catch_up,
     dump,
@@ -56,6 +57,7 @@ __all__ = [
     "TaskRecord",
     "UserState",
     "UserSummary",
+    "alone_while_upgrading",
     "bring_up_to_date",
     "catch_up",
     "dump",

@@ -44,6 +44,7 @@ from projections.writer_turns import WriterTurns
 
 __all__ = [
     "Difference",
+    "alone_while_upgrading",
     "bring_up_to_date",
     "catch_up",
     "dump",
@@ -121,10 +122,35 @@ def _start_rebuild(store: EventStore, projector: Projector, *, resume: bool) -> 
     """Mark the projections as being rebuilt (dropped and made again, unless ``resume``),
     with every other writer held off, letting go of the tables for live reads
     (:func:`_yielding_to_readers`)."""
-    if resume:
-        _yielding_to_readers(store, lambda c: projector.create(c, rebuilding=True))
-    else:
-        _yielding_to_readers(store, projector.begin_rebuild)
+    with alone_while_upgrading(store, projector):
+        if resume:
+            _yielding_to_readers(store, lambda c: projector.create(c, rebuilding=True))
+        else:
+            _yielding_to_readers(store, projector.begin_rebuild)
+
+
+@contextmanager
+def alone_while_upgrading(store: EventStore, projector: Projector) -> Iterator[None]:
+    """Run the block, which opens or rebuilds the projection tables, with the SQLite file
+    held alone (:meth:`EventStore.held_alone`) if they are of an older memvee's layout:
+    a process of that memvee still running on the file would go on writing in its own
+    layout into tables this one has changed (an index of layout 17 marked by first write
+    in place, say, where its marks would be found by no search of 18). Such an open is
+    refused with :class:`DatabaseInUseError`, before anything is written, while another
+    store has the file open."""
+    with store.engine.connect() as connection:
+        older = projector.layout_older(connection)
+    if not older:
+        yield
+        return
+    refusal = (
+        f"the projections of {store.safe_url} are of an older memvee's layout and must "
+        "be upgraded, but another process or Memory (in this process or another) has the "
+        "file open: stop every process using it, older memvee processes first (they would "
+        "go on writing in the old layout), then open it again"
+    )
+    with store.held_alone(refusal):
+        yield
 
 
 def _yielding_to_readers(store: EventStore, change: Callable[[Connection], _T]) -> _T:
@@ -451,7 +477,9 @@ def bring_up_to_date(
     A log with an event that cannot be read is left unfolded, its user's reads and writes
     refused (:meth:`Projector.leave_unfolded`): it never stops the open for everyone.
     """
-    _yielding_to_readers(store, functools.partial(_open_tables, Projector(tables), prepare))
+    projector = Projector(tables)
+    with alone_while_upgrading(store, projector):
+        _yielding_to_readers(store, functools.partial(_open_tables, projector, prepare))
     folded = catch_up(store, tables)
     return folded + refold_now_readable(store, tables)
 

@@ -25,8 +25,10 @@ from eventsourcing.persistence import StoredEvent
 from events import EventStore, ExtractedFact, ExtractionBatch, sqlite_url
 from memvee import Memory, MemoryConfig, ProcessStatus
 from memvee.audit import Audit
+from memvee.errors import DatabaseInUseError
 from projections import ProjectionTables, Projector
 from tests.support.extractors import RecordingExtractor
+from tests.support.older_layouts import mark_as_layout_17
 from tests.support.verification import differences
 
 FIXTURES = Path(__file__).parent.parent / "data" / "upgrade"
@@ -184,6 +186,40 @@ async def test_a_sqlite_file_of_the_oldest_layout_opens_showing_what_its_memvee_
     finally:
         store.close()
     assert differences(url) == []
+
+
+async def test_a_sqlite_file_an_older_memvee_still_has_open_is_not_upgraded_under_it(
+    tmp_path: Path,
+) -> None:
+    """A SQLite file of layout 17 still open in a process of memvee 17 (its store, with
+    leases): a Memory, or an Audit, that would mark its index in place is refused with
+    :class:`DatabaseInUseError` before writing anything (the older process would go on
+    marking its writes as 17 does, found by no search of 18); once that process has
+    closed the file, the Memory opens it upgraded and finds what it holds."""
+    path = tmp_path / "memvee.db"
+    config = MemoryConfig(db_path=str(path), leases=True)
+    async with Memory(config=config, extractor=RecordingExtractor(), embedder=False) as memory:
+        await memory.add_exchange("ann", "I like tea.", "Noted.")
+    still_running = EventStore(sqlite_url(path))
+    mark_as_layout_17(still_running, Projector(ProjectionTables()))
+    before = path.read_bytes()
+    with pytest.raises(DatabaseInUseError, match="older memvee processes first"):
+        async with Memory(config=config, extractor=RecordingExtractor(), embedder=False):
+            pass
+    with pytest.raises(DatabaseInUseError, match="older memvee processes first"):
+        Audit(db_path=str(path))
+    assert path.read_bytes() == before
+    with still_running.engine.connect() as connection:
+        assert Projector(ProjectionTables()).layout_older(connection)
+    still_running.close()
+    async with Memory(config=config, extractor=RecordingExtractor(), embedder=False) as memory:
+        assert [m.content for m in await memory.messages("ann")] == ["I like tea.", "Noted."]
+    store = EventStore(sqlite_url(path))
+    try:
+        with store.engine.connect() as connection:
+            assert Projector(ProjectionTables()).layout_current(connection)
+    finally:
+        store.close()
 
 
 async def test_a_first_memvees_fact_updated_by_a_backdated_message_verifies_and_imports(

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from events import (
     BatchMessage,
+    DatabaseInUseError,
     EventStore,
     ExtractedFact,
     StorageError,
@@ -58,6 +59,7 @@ from projections.search import (
     pg_vector,
     word_pieces,
 )
+from tests.support.older_layouts import SCHEMA_OF_INDEXED_LAYOUT, mark_as_layout_17
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -685,20 +687,6 @@ async def test_on_postgresql_lexemes_the_server_parsed_give_way_to_the_words_bot
     assert {d.table for d in verify(store)} == {"messages_search_vector"}
 
 
-SCHEMA_OF_INDEXED_LAYOUT = {
-    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
-    "|strokes|cut 2046 bytes": 14,
-    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
-    "|strokes|cut 2046 bytes|current marked": 15,
-    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
-    "|strokes|cut 2046 bytes|current marked by version": 17,
-    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
-    "|strokes|cut 2046 bytes|current marked by its version's first write": 18,
-}
-"""The schema version that came with each way of indexing words (a later version may
-change other tables and keep the words as they are: 16 marked repeats in the citations)."""
-
-
 def test_a_new_way_of_indexing_words_comes_with_a_new_schema_version() -> None:
     """An older memvee refuses a database only by a higher schema version: had the
     tokenizer changed under the same number, it would take the newer index for its own
@@ -823,12 +811,49 @@ def test_a_sqlite_index_of_layout_16_is_marked_by_version_in_place_when_opened(
     store.close()
 
 
-def _layout_17() -> int:
-    """The layout memvee of schema 17 stored on SQLite (this installation's stemmer and
-    Unicode): its index marked current entries by their knowledge version's name."""
-    marked_by_name = next(k for k, v in SCHEMA_OF_INDEXED_LAYOUT.items() if v == 17)
-    words = f"{Stemmer.version()}|unicode {unicodedata.unidata_version}|{marked_by_name}"
-    return 17 << 20 | zlib.crc32(words.encode()) & 0xFFFFF
+def _index_owners(store: EventStore, projector: Projector) -> list[str]:
+    with store.engine.connect() as connection:
+        return sorted(
+            owner
+            for (owner,) in connection.exec_driver_sql(
+                f"SELECT owner FROM {projector.search.knowledge_fts.name}"
+            )
+        )
+
+
+def test_a_sqlite_file_of_layout_17_another_store_has_open_is_not_upgraded_under_it(
+    tmp_path: Path,
+) -> None:
+    """A store of an older memvee still open on a file of layout 17 would go on marking
+    its writes as 17 does, in an index the upgrade marked by first write, where no
+    search finds them. So the open that would upgrade the file in place is refused with
+    :class:`DatabaseInUseError` while another store has the file open, writing nothing;
+    once that store is closed, the open upgrades it."""
+    url = sqlite_url(tmp_path / "m.db")
+    older = EventStore(url)  # the process of memvee 17 that keeps running
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with older.transaction() as connection:
+        projector.create(connection)
+    _learn_live_and_again(older, projector)
+    mark_as_layout_17(older, projector)
+    marked_by_17 = _index_owners(older, projector)
+    opener = EventStore(url)
+    with pytest.raises(DatabaseInUseError, match="older memvee processes first"):
+        bring_up_to_date(opener, ProjectionTables())
+    assert _index_owners(opener, projector) == marked_by_17
+    with opener.engine.connect() as connection:
+        assert projector.layout_older(connection)
+    older.close()
+    assert bring_up_to_date(opener, ProjectionTables()) == 0
+    assert _index_owners(opener, projector) != marked_by_17
+    with opener.engine.connect() as connection:
+        assert projector.layout_current(connection)
+    assert verify(opener) == []
+    another = EventStore(url)  # the file is shared again once upgraded
+    assert another.max_position() == opener.max_position()
+    another.close()
+    opener.close()
 
 
 def test_a_sqlite_index_of_layout_17_is_marked_by_first_write_in_place_when_opened(
@@ -845,17 +870,7 @@ def test_a_sqlite_index_of_layout_17_is_marked_by_first_write_in_place_when_open
         projector.create(connection)
     _learn_live_and_again(store, projector)
     fresh = _shown(store, tables)
-    k, knowledge = projector.search.knowledge_fts.name, tables.knowledge.name
-    with store.transaction() as connection:  # as memvee of layout 17 left it
-        connection.exec_driver_sql(
-            f"UPDATE {k} SET owner = substr(owner, 1, 32) || (SELECT 'now' || "
-            f"CASE n.knowledge_version WHEN '{LIVE_KNOWLEDGE}' THEN '' "
-            f"ELSE lower(hex(n.knowledge_version)) END FROM {knowledge} AS n "
-            f"WHERE n.entry_id = {k}.item_id) WHERE owner LIKE '%now_%'"
-        )
-        connection.exec_driver_sql(
-            f"UPDATE {tables.position.name} SET position = {_layout_17()} WHERE name = 'schema'"
-        )
+    mark_as_layout_17(store, projector)
     assert _shown(store, tables) != fresh  # the marks of 17 are not read as this layout's
     assert bring_up_to_date(store, tables) == 0
     assert _shown(store, tables) == fresh
