@@ -584,18 +584,19 @@ class _SqliteSearch:
     def _newest(
         self, cursor: Any, words: tuple[str, ...], filters: tuple[Any, ...], known: NewestRows
     ) -> list[int] | None:
-        """The rows a bounded search ranks (index rowids, oldest first):
-        of each of ``words`` (FTS5 queries of the version's current entries, when undated),
-        the newest :data:`_NEWEST_PER_WORD` that pass the ``filters`` (the search's
-        knowledge version) among its newest :data:`_WINDOW_PER_WORD` index rows, as
-        PostgreSQL takes them; None when each word's rows are all there (every row is
-        ranked then, as cheaply). None is ranked when no row of any word passes.
+        """The rows a bounded search ranks (index rowids, oldest first): of each of
+        ``words``, its rows :meth:`_word_rows` reads (the newest :data:`_NEWEST_PER_WORD`
+        that pass the ``filters``, the search's knowledge version); None when each word's
+        rows are all there (every row is ranked then, as cheaply). None is ranked when no
+        row of any word passes.
 
-        The window is read from the index alone, then its rows filtered in one read, so
-        a search costs the same however many rows another version holds: walking the
-        index until enough rows of the version passed read every newer row of the other.
-        A word's rows already ``known`` are not looked up again; those looked up are kept
-        there."""
+        Each word's rows are read from a bounded stretch of the index, never by walking it
+        until enough rows of the version passed (that read every newer row of another
+        version): a search of the version's current entries (``marked``) reads its newest
+        rows off the index alone, as its FTS5 query matches only those; any other reads
+        the word's newest :data:`_WINDOW_PER_WORD` index rows, as PostgreSQL takes them,
+        and filters them in one read. A word's rows already ``known`` are not looked up
+        again; those looked up are kept there."""
         if not words:
             return None
         rows: set[int] = set()
