@@ -113,7 +113,7 @@ REPEATING: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
     "plain text": _body(lambda r: text_body("The user said several things.")),
     "empty content": _body(lambda r: empty_body()),
     "refusal": _body(lambda r: refusal_body()),
-    "prompt is too long": _error(400, "invalid_request_error"),
+    "400, an invalid request": _error(400, "invalid_request_error"),
 }
 """Faults that would repeat: the batch is split, a lone marked message quarantined."""
 
