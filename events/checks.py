@@ -342,7 +342,9 @@ def _zone_name(zone: object) -> str:
 def check_time(moment: object, what: str) -> datetime | None:
     """Return ``moment`` in UTC (``None`` stays ``None``), else raise
     :class:`InvalidInputError`: times are kept in UTC, so a time must say its offset and
-    must still fall within years 1 to 9999 once in UTC."""
+    must still fall within years 1 to 9999 once in UTC. A datetime subclass (pandas'
+    ``Timestamp``, a test clock's) is returned as a plain datetime: the log stores only
+    those."""
     if moment is None:
         return None
     if not isinstance(moment, datetime):
@@ -359,11 +361,16 @@ def check_time(moment: object, what: str) -> datetime | None:
             f"{what} must be timezone-aware, e.g. datetime.now(UTC) or 2026-11-26T10:00:00+00:00"
         )
     try:
-        return moment.astimezone(UTC)
+        utc = moment.astimezone(UTC)
     except OverflowError:
         raise InvalidInputError(
             f"{what} {moment.isoformat()} is out of range: in UTC it falls outside years 1 to 9999"
         ) from None
+    if type(utc) is datetime:
+        return utc
+    return datetime(
+        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, UTC
+    )
 
 
 MAX_SENT_AHEAD = timedelta(minutes=5)

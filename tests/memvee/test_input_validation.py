@@ -163,6 +163,29 @@ async def test_a_sent_at_a_little_ahead_of_this_clock_is_kept_and_one_further_re
     assert [m.content for m in await memory.messages("u")] == [kept.content]
 
 
+class _ClockTime(datetime):
+    """A datetime of a subclass, as pandas' ``Timestamp`` or a test clock's are."""
+
+
+async def test_a_sent_at_of_a_datetime_subclass_is_kept_as_the_plain_utc_time_it_is(
+    memory: Memory,
+) -> None:
+    """A datetime subclass reached the log as it was, whose encoder knows plain datetimes
+    only: the write failed with the event library's own error, not one of memvee's."""
+    said = _ClockTime(2026, 1, 2, 8, 30, tzinfo=timezone(timedelta(hours=2)))
+    user, assistant = await memory.add_exchange("u", "I moved to Oslo", "ok", said)
+    assert user.sent_at == assistant.sent_at == datetime(2026, 1, 2, 6, 30, tzinfo=UTC)
+    assert type(user.sent_at) is datetime
+    assert user.sent_at.tzinfo is UTC
+    stored = await memory.messages("u")
+    assert [(m.content, m.sent_at) for m in stored] == [
+        ("I moved to Oslo", datetime(2026, 1, 2, 6, 30, tzinfo=UTC)),
+        ("ok", datetime(2026, 1, 2, 6, 30, tzinfo=UTC)),
+    ]
+    result = await memory.retrieve("u", "Oslo", as_of=_ClockTime(2026, 2, 1, tzinfo=UTC))
+    assert type(result.as_of) is datetime
+
+
 @pytest.mark.parametrize("timeout", [0, 0.5, math.inf, None])
 async def test_a_wait_with_nothing_running_returns_at_once(memory: Memory, timeout: Any) -> None:
     assert await memory.wait_for_processing("u", timeout=timeout) == 0
