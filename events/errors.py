@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -143,6 +143,11 @@ class UnreadableEventError(StorageError):
         self.reason = reason
         self.user_id = user_id
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuilt from the arguments it was made with (its message alone would not do), so
+        that it crosses a process boundary (pickle) and copies whole."""
+        return type(self), (self.log_id, self.version, self.reason, self.user_id), vars(self)
+
     def of_user(self, user_id: str) -> UnreadableEventError:
         """This error, told of the log of ``user_id``."""
         return UnreadableEventError(self.log_id, self.version, self.reason, user_id)
@@ -162,6 +167,10 @@ class NewerEventError(UnreadableEventError):
             user_id,
         )
         self.topic = topic
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuilt from the arguments it was made with, as :class:`UnreadableEventError`."""
+        return type(self), (self.log_id, self.version, self.topic, self.user_id), vars(self)
 
     def of_user(self, user_id: str) -> NewerEventError:
         """This error, told of the log of ``user_id``."""
@@ -392,6 +401,11 @@ class ProcessingError(MemveeError):
         self.user_id = user_id
         self.task_id = task_id
         self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuilt from the arguments it was made with (its message alone would not do), so
+        that it crosses a process boundary (a worker's, pickled) and copies whole."""
+        return type(self), (self.user_id, self.task_id, self.error), vars(self)
 
 
 FORGOTTEN_REASON = "the user was forgotten"

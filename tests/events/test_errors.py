@@ -3,14 +3,27 @@ value is shown in a message."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 import sqlite3
+from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from events.errors import ConflictError, StorageError, echoed_repr, may_pass
+from events.errors import (
+    FORGOTTEN_REASON,
+    ConflictError,
+    MemveeError,
+    StorageError,
+    echoed_repr,
+    may_pass,
+)
+from events.extraction import TokenUsage
+from memvee import errors
 
 
 def _stored(cause: BaseException) -> StorageError:
@@ -113,3 +126,70 @@ def test_a_value_whose_repr_fails_is_shown_by_its_type_name(value: object, kind:
     """The message is always made: only int's ValueError was caught, so a repr raising
     RuntimeError, giving no str (TypeError) or too deep (RecursionError) escaped raw."""
     assert echoed_repr(value) == f"{kind} (cannot be written out)"
+
+
+_LOG_ID = UUID("0f6c1b5e-7d7a-4a53-9d0e-5b1f3c2a9e11")
+
+_RAISED: dict[str, Callable[[], MemveeError]] = {
+    "ActorStoppedError": lambda: errors.ActorStoppedError("the actor of 'ann' stopped"),
+    "AlreadyReextractedError": lambda: errors.AlreadyReextractedError("taken", ["m1", "m2"]),
+    "ConflictError": lambda: errors.ConflictError("appended first by another writer"),
+    "ConnectionLostError": lambda: errors.ConnectionLostError("the server ended the session"),
+    "DatabaseInUseError": lambda: errors.DatabaseInUseError("open in another Memory"),
+    "EmbedderError": lambda: errors.EmbedderError("the embedder raised SystemExit"),
+    "EveryRequestRefusedError": lambda: errors.EveryRequestRefusedError("key refused"),
+    "ExtractionError": lambda: errors.ExtractionError(
+        "bad answer", usage=TokenUsage(input_tokens=10, output_tokens=2), retry_after=3.0
+    ),
+    "ExtractionPausedError": lambda: errors.ExtractionPausedError("paused", retry_after=30.0),
+    "ExtractorAccessRefusedError": lambda: errors.ExtractorAccessRefusedError("401"),
+    "ExtractorNotFoundError": lambda: errors.ExtractorNotFoundError("404: no such model"),
+    "ExtractorOverloadedError": lambda: errors.ExtractorOverloadedError("529", retry_after=5.0),
+    "ExtractorRateLimitedError": lambda: errors.ExtractorRateLimitedError("429", retry_after=1.0),
+    "InvalidExtractionError": lambda: errors.InvalidExtractionError("off schema"),
+    "InvalidInputError": lambda: errors.InvalidInputError("user_id must not be empty"),
+    "MemoryClosedError": lambda: errors.MemoryClosedError("this Memory is not open"),
+    "MemveeError": lambda: errors.MemveeError("something failed"),
+    "MissingCredentialsError": lambda: errors.MissingCredentialsError("no ANTHROPIC_API_KEY"),
+    "NewerEventError": lambda: errors.NewerEventError(_LOG_ID, 7, "events.New", "ann"),
+    "NotFoundError": lambda: errors.NotFoundError("no user 'ann'"),
+    "OlderLayoutError": lambda: errors.OlderLayoutError("layout 16"),
+    "ProbeFailedError": lambda: errors.ProbeFailedError(
+        "probe failed", refusal=errors.RejectedBatchError("too long"), harmless_accepted=True
+    ),
+    "ProcessingError": lambda: errors.ProcessingError("ann", "task-1", "the API is down"),
+    "ProcessingTimeoutError": lambda: errors.ProcessingTimeoutError("waited 30 s"),
+    "RejectedBatchError": lambda: errors.RejectedBatchError("refused", reason="too long"),
+    "RejectedTextError": lambda: errors.RejectedTextError("refused text"),
+    "StorageError": lambda: errors.StorageError("could not store 1 events"),
+    "TransientStorageError": lambda: errors.TransientStorageError("database is locked"),
+    "UnknownTaskError": lambda: errors.UnknownTaskError("no task 'nope'"),
+    "UnreadableEventError": lambda: errors.UnreadableEventError(_LOG_ID, 3, "bad JSON", None),
+    "UserForgottenError": lambda: errors.UserForgottenError("ann", "task-1", FORGOTTEN_REASON),
+}
+"""One of each error memvee.errors exports, made as the code that raises it makes it."""
+
+
+def test_a_sample_of_every_exported_error_is_checked_below() -> None:
+    assert set(_RAISED) == set(errors.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(_RAISED))
+@pytest.mark.parametrize(
+    "carry",
+    [lambda e: pickle.loads(pickle.dumps(e)), copy.copy, copy.deepcopy],
+    ids=["pickled", "copied", "deep-copied"],
+)
+def test_every_error_is_carried_across_processes_and_copied_whole(
+    name: str, carry: Callable[[MemveeError], MemveeError]
+) -> None:
+    """An error of several arguments was rebuilt from its message alone: a ProcessingError
+    raised in a worker process (a process pool, a task queue) never reached the parent,
+    whose unpickling failed with a TypeError, and ``copy.copy`` of one failed alike."""
+    raised = _RAISED[name]()
+    carried = carry(raised)
+    assert type(carried) is type(raised)
+    assert str(carried) == str(raised)
+    assert carried.args == raised.args
+    assert vars(carried).keys() == vars(raised).keys()
+    assert repr(vars(carried)) == repr(vars(raised))
