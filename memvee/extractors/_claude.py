@@ -201,7 +201,8 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         control character, is refused with InvalidInputError, as is one ``MEMVEE_MODEL``
         names (without the spaces around it) that shows nothing or holds a control character.
         A setting of the wrong kind (a float ``max_tokens``, a str ``timeout``) is refused
-        by name too.
+        by name too, and so is a ``client`` no call could go through (the synchronous
+        ``anthropic.Anthropic``, a class, a key given for a client).
 
         The built client uses the SDK's default construction, so ``ANTHROPIC_API_KEY``
         (without the whitespace around it: a key read from a file keeps its newline) and
@@ -240,6 +241,7 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         self.cache_prefix = cache_prefix
         protect_loggers(_CLIENT_LOGGERS)
         if client is not None:
+            _check_client(client)
             base_url = getattr(client, "base_url", None)
             if isinstance(base_url, str | httpx2.URL):  # a stand-in (a mock) has none to check
                 _check_base_url(str(base_url), "the client's base URL ", InvalidInputError)
@@ -811,6 +813,22 @@ def _check_kinds(
             raise InvalidInputError(_wrong_kind(name, value, "an int"))
     if model is not None and not isinstance(model, str):
         raise InvalidInputError(_wrong_kind("model", model, "a str or None"))
+
+
+def _check_client(client: object) -> None:
+    """Refuse, with :class:`InvalidInputError`, a ``client`` no call could go through: the
+    synchronous SDK client, a class, or anything without a Messages API (a key, say).
+    Every batch would fail on it as if the batch were at fault, and be quarantined. A
+    stand-in (a mock) is taken, as an application's tests give one."""
+    if isinstance(client, anthropic.Anthropic):
+        given = "the synchronous anthropic.Anthropic, whose calls would block the event loop"
+    elif isinstance(client, type):
+        given = f"the class {client.__name__}: give an instance"
+    elif not hasattr(client, "messages"):
+        given = f"{type(client).__name__}, which has no Messages API"
+    else:
+        return
+    raise InvalidInputError(f"client must be an anthropic.AsyncAnthropic or None, not {given}")
 
 
 def _wrong_kind(name: str, value: object, expected: str) -> str:

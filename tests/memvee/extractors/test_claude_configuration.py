@@ -161,6 +161,29 @@ async def test_a_given_client_whose_base_url_no_call_could_reach_is_refused() ->
         await client.close()
 
 
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda: anthropic.Anthropic(api_key=API_KEY), "synchronous anthropic.Anthropic"),
+        (lambda: anthropic.AsyncAnthropic, "the class AsyncAnthropic"),
+        (lambda: API_KEY, "str"),
+    ],
+    ids=["synchronous client", "client class", "api key"],
+)
+def test_a_client_that_is_no_async_messages_client_is_refused_by_what_it_is(
+    make: Any, said: str
+) -> None:
+    """A synchronous client (or a key, or the class) was taken: every batch then failed on
+    it as if the batch were at fault, and each message was quarantined, process()
+    returning 0 without an error. The refusal names the kind given, never a key."""
+    with pytest.raises(
+        InvalidInputError, match=r"client must be an anthropic\.AsyncAnthropic"
+    ) as refused:
+        ClaudeExtractor(client=make())
+    assert said in str(refused.value)
+    assert API_KEY not in str(refused.value)
+
+
 def test_a_key_read_from_a_file_with_its_newline_is_sent_without_it(
     environment: pytest.MonkeyPatch,
 ) -> None:
