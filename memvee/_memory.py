@@ -575,6 +575,8 @@ class Memory:
         check_message(role, content, self.config.max_content_chars)
         check_name(name)
         sent_at = check_sent_at(sent_at)
+        user_id, role, content = _plain(user_id), _plain(role), _plain(content)
+        name = None if name is None else _plain(name)
         (message,) = _messages(user_id, await self._append(user_id, (role, content, sent_at, name)))
         return message
 
@@ -602,6 +604,13 @@ class Memory:
         check_name(user_name)
         check_name(assistant_name)
         sent_at = check_sent_at(sent_at)
+        user_id, user_message, assistant_message = (
+            _plain(user_id),
+            _plain(user_message),
+            _plain(assistant_message),
+        )
+        user_name = None if user_name is None else _plain(user_name)
+        assistant_name = None if assistant_name is None else _plain(assistant_name)
         appended = await self._append(
             user_id,
             ("user", user_message, sent_at, user_name),
@@ -1407,6 +1416,13 @@ def _reading(engine: Engine) -> Iterator[None]:
         raise StorageError(
             f"cannot read from {engine.store.safe_url}: {first_line(error)}"
         ) from error
+
+
+def _plain(text: str) -> str:
+    """``text`` as a plain str: a subclass (numpy's ``str_``, a ``str`` Enum's member) is
+    stored as its characters, and the message a write returns must read as it reads back
+    (a ``str`` Enum formats as its member's name, not its value)."""
+    return text if type(text) is str else str.__str__(text)
 
 
 def _messages(user_id: str, appended: Sequence[Any]) -> list[Message]:

@@ -8,6 +8,7 @@ import math
 import numbers
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from enum import Enum
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,30 @@ async def test_a_sent_at_of_a_datetime_subclass_is_kept_as_the_plain_utc_time_it
     ]
     result = await memory.retrieve("u", "Oslo", as_of=_ClockTime(2026, 2, 1, tzinfo=UTC))
     assert type(result.as_of) is datetime
+
+
+class _Role(str, Enum):  # noqa: UP042 - what formats apart from its value, as StrEnum does not
+    """A role of an agent's own enum, as ``class Role(str, Enum)`` declares one."""
+
+    USER = "user"
+
+
+async def test_a_message_of_str_subclasses_is_returned_as_it_reads_back(memory: Memory) -> None:
+    """The message a write returned held the caller's objects: a role of a str Enum
+    formatted as "_Role.USER" there and as "user" once read back."""
+    written = await memory.add_message(
+        np.str_("ann"), _Role.USER, np.str_("I live in Oslo"), name=np.str_("Ann")
+    )
+    (read,) = await memory.messages("ann")
+    assert written == read
+    assert f"{written.role}: {written.content}" == "user: I live in Oslo"
+    fields = (written.user_id, written.role, written.content, written.name)
+    assert [type(value) for value in fields] == [str, str, str, str]
+    first, second = await memory.add_exchange(
+        np.str_("ann"), np.str_("I moved"), np.str_("ok"), user_name=np.str_("Ann")
+    )
+    assert {type(value) for m in (first, second) for value in (m.user_id, m.content)} == {str}
+    assert type(first.name) is str
 
 
 @pytest.mark.parametrize("timeout", [0, 0.5, math.inf, None])
