@@ -518,6 +518,14 @@ class MessagesAPIServer:
       "request_too_large", like the real API's 256 MB limit on a batch (nothing is made);
     - ``max_prompt_tokens``: a request whose :func:`estimate_tokens` exceeds this gets
       HTTP 400 "prompt is too long: N tokens > M maximum" (an errored batch result);
+    - ``counts_max_tokens``: with ``max_prompt_tokens``, the model's context window holds
+      the output asked too, as the real API's does: a prompt within it whose tokens and
+      ``max_tokens`` exceed it gets HTTP 400 "input length and `max_tokens` exceed context
+      limit: N + O > M, decrease input length or `max_tokens` and try again";
+    - ``token_scale``: how many times :func:`estimate_tokens` the context limits count a
+      prompt (a tokenizer counting more, or fewer, tokens than memvee estimates);
+    - ``names_tokens``: whether "prompt is too long" names the tokens (the API's 400 has
+      not always: without them, the engine can only halve the batch);
     - ``min_cache_tokens``: the smallest prefix that prompt caching caches;
     - ``batch_polls``: how many retrievals find a batch still "in_progress" before it ends;
     - ``clock``: the monotonic time source of cache expiry, for tests that jump ahead.
@@ -532,6 +540,9 @@ class MessagesAPIServer:
         max_request_bytes: int | None = None,
         max_batch_bytes: int | None = None,
         max_prompt_tokens: int | None = None,
+        counts_max_tokens: bool = False,
+        token_scale: float = 1.0,
+        names_tokens: bool = True,
         min_cache_tokens: int = 1024,
         batch_polls: int = 1,
         clock: Callable[[], float] = time.monotonic,
@@ -541,6 +552,9 @@ class MessagesAPIServer:
         self.max_request_bytes = max_request_bytes
         self.max_batch_bytes = max_batch_bytes
         self.max_prompt_tokens = max_prompt_tokens
+        self.counts_max_tokens = counts_max_tokens
+        self.token_scale = token_scale
+        self.names_tokens = names_tokens
         self.min_cache_tokens = min_cache_tokens
         self.batch_polls = batch_polls
         self._clock = clock
@@ -722,10 +736,21 @@ class MessagesAPIServer:
         if limit is not None and size is not None and size > limit:
             message = f"Request exceeds the maximum allowed number of bytes ({size} > {limit})."
             return ScriptedResponse(413, error_body("request_too_large", message))
-        if self.max_prompt_tokens is not None:
+        window = self.max_prompt_tokens
+        if window is not None:
             tokens = size // 4 if size is not None else estimate_tokens(body)
-            if tokens > self.max_prompt_tokens:
-                message = f"prompt is too long: {tokens} tokens > {self.max_prompt_tokens} maximum"
+            tokens = int(tokens * self.token_scale)
+            if tokens > window:
+                message = "prompt is too long"
+                if self.names_tokens:
+                    message += f": {tokens} tokens > {window} maximum"
+                return ScriptedResponse(400, error_body("invalid_request_error", message))
+            output = body.get("max_tokens", 0) if isinstance(body, dict) else 0
+            if self.counts_max_tokens and tokens + output > window:
+                message = (
+                    f"input length and `max_tokens` exceed context limit: {tokens} + {output} "
+                    f"> {window}, decrease input length or `max_tokens` and try again"
+                )
                 return ScriptedResponse(400, error_body("invalid_request_error", message))
         return None
 
