@@ -44,6 +44,8 @@ class LearnedRequestSize:
         *,
         prompt_tokens: int | None = None,
         context_tokens: int | None = None,
+        estimated_tokens: int | None = None,
+        fixed_tokens: int | None = None,
     ) -> None:
         """A request was refused as too large, its messages weighing ``messages`` tokens
         and the entries shown beside them ``shown``: requests from now on weigh at most
@@ -52,17 +54,24 @@ class LearnedRequestSize:
         and learning from it would cut every batch to one message.
 
         A refusal that named the prompt's tokens and the most the model's context window
-        takes (``prompt_tokens`` > ``context_tokens``) tells better than a split: the
-        request less what it was over, a tenth to spare (the API's tokens are not
-        memvee's estimate of them). A size still refused is learned again, smaller."""
+        takes (``prompt_tokens`` > ``context_tokens``) tells better than a split, with
+        memvee's estimates of the whole request (``estimated_tokens``) and of its fixed
+        part (``fixed_tokens``): the share of the messages and entries the window leaves
+        room for, the API's tokens being weighed in memvee's (they may differ twofold), a
+        tenth to spare. Without those estimates, the request less what it was over, never
+        less than the split: an excess in the API's tokens, taken off memvee's, would cut
+        every batch to one message. A size still refused is learned again, smaller."""
         if messages <= 0:
             return
-        fits = _fits(messages + shown, prompt_tokens, context_tokens)
+        split = max(1, shown + messages // 2)
+        sent = messages + shown
+        fits = _fits(sent, prompt_tokens, context_tokens, estimated_tokens, fixed_tokens)
+        if fits is None or (estimated_tokens is None and fits < split):
+            fits = split
         with self._lock:
             now = self._clock()
             most = self._most if self._most is not None and now < self._until else None
-            split = max(1, shown + messages // 2) if fits is None else fits
-            self._most = split if most is None else min(most, split)
+            self._most = fits if most is None else min(most, fits)
             self._until = now + self._retest_after
 
     def within(self, limits: BatchLimits, shown: int = 0) -> BatchLimits:
@@ -79,11 +88,27 @@ class LearnedRequestSize:
         return dataclasses.replace(limits, max_tokens=left)
 
 
-def _fits(sent: int, prompt_tokens: int | None, context_tokens: int | None) -> int | None:
-    """The most a request that weighed ``sent`` may weigh, by a refusal that named its
-    ``prompt_tokens`` over the ``context_tokens`` the window takes (the excess taken off,
-    then a tenth), or None when the figures are missing or tell nothing (not over)."""
+def _fits(
+    sent: int,
+    prompt_tokens: int | None,
+    context_tokens: int | None,
+    estimated_tokens: int | None = None,
+    fixed_tokens: int | None = None,
+) -> int | None:
+    """The most a request whose messages and entries weighed ``sent`` may weigh, by a
+    refusal that named its ``prompt_tokens`` over the ``context_tokens`` the window takes,
+    a tenth to spare, or None when the figures are missing or tell nothing (not over).
+
+    With memvee's ``estimated_tokens`` of the request, the window is turned into memvee's
+    count (scaled as the request's estimate is to the API's count of it), the request's
+    ``fixed_tokens`` taken out, and ``sent`` cut to the share of its estimate that room
+    holds; without, the API's excess is taken off ``sent`` as it is."""
     if prompt_tokens is None or context_tokens is None or prompt_tokens <= context_tokens:
         return None
-    within = sent - (prompt_tokens - context_tokens)
+    fixed = fixed_tokens or 0
+    if estimated_tokens is not None and estimated_tokens > fixed:
+        window = context_tokens * estimated_tokens // prompt_tokens
+        within = sent * max(0, window - fixed) // (estimated_tokens - fixed)
+    else:
+        within = sent - (prompt_tokens - context_tokens)
     return max(1, within - within // 10)

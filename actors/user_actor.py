@@ -904,6 +904,8 @@ class UserActor(PooledActor):
                 self._shown_tokens or 0,
                 prompt_tokens=error.prompt_tokens,
                 context_tokens=error.context_tokens,
+                estimated_tokens=error.estimated_tokens,
+                fixed_tokens=error.fixed_tokens,
             )
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE

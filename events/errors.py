@@ -355,6 +355,13 @@ class RejectedBatchError(ExtractionError):
     too long for the model's context window, which names its ``prompt_tokens`` and the
     ``context_tokens`` the window takes (None when not named): a batch split in halves
     is smaller, and those figures tell how much smaller the requests after it must be.
+    ``over_the_window`` says the API's whole message was such a 400 (read once, where it
+    is answered: a message quoting the user's text is never read again for the phrase);
+    ``estimated_tokens`` is memvee's own estimate of that request's prompt and
+    ``fixed_tokens`` of the part of it every request has (None when not estimated), by
+    which the API's figures are turned into memvee's count (the two may differ twofold).
+    ``output_tokens``: the ``max_tokens`` asked, when the window refused the prompt with
+    it (``prompt_tokens`` then counts both), None when the prompt alone was over.
 
     ``probe_accepted`` says the extractor settled that itself: the API accepted the same
     request with a harmless message in place of the batch's, so the batch is at fault
@@ -373,6 +380,10 @@ class RejectedBatchError(ExtractionError):
         too_large: bool = False,
         prompt_tokens: int | None = None,
         context_tokens: int | None = None,
+        over_the_window: bool = False,
+        estimated_tokens: int | None = None,
+        fixed_tokens: int | None = None,
+        output_tokens: int | None = None,
     ) -> None:
         super().__init__(message, usage=usage)
         self.reason = reason
@@ -380,6 +391,10 @@ class RejectedBatchError(ExtractionError):
         self.too_large = too_large
         self.prompt_tokens = prompt_tokens
         self.context_tokens = context_tokens
+        self.over_the_window = over_the_window
+        self.estimated_tokens = estimated_tokens
+        self.fixed_tokens = fixed_tokens
+        self.output_tokens = output_tokens
 
 
 INPUT_REFUSED_STATUSES = frozenset({400, 413, 422})

@@ -15,7 +15,7 @@ from events import ExtractionError, RejectedBatchError, TokenUsage
 from events.errors import EveryRequestRefusedError, first_line
 from events.harmless import Answered, CheckVerdict, FailedTellingNothing
 from memvee._secrets import redact
-from memvee.extractors._claude import ProbeResult
+from memvee.extractors._claude import ProbeResult, over_the_context
 
 
 async def _results(
@@ -170,10 +170,15 @@ def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) 
     """The error of a request that did not succeed: one the API refused as invalid (too
     long, malformed) repeats, unless its reason is one of ``refused_all`` (the API
     refused every request so: retried later, no message blamed); an expired, canceled or
-    errored one (overloaded, a server error) may pass."""
+    errored one (overloaded, a server error) may pass. One refused for a prompt over the
+    model's context window (as the Messages API's 400 says it) is a request too large, as
+    it is there, however many were refused so: split, its size learned, no reason told."""
     detail = getattr(getattr(outcome, "error", None), "error", None)
     text = redact(f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}", secrets)
     reason = _refusal(outcome)
+    over = over_the_context(text, redact(reason, secrets)) if reason is not None else None
+    if over is not None:
+        return over
     if reason is not None and reason not in refused_all:
         return RejectedBatchError(text, reason=reason)
     if reason is not None:

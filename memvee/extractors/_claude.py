@@ -378,6 +378,8 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             result = self.read_answer(batch, response, budget=request["max_tokens"])
         except ExtractionError as failed:  # the cut answer's tokens were spent all the same
             failed.usage = (failed.usage or TokenUsage()).plus(spent)
+            if isinstance(failed, RejectedBatchError) and failed.over_the_window:
+                _weigh(failed, request, batch)
             if not (settle and isinstance(failed, RejectedBatchError)):
                 raise
             if not _may_be_elsewhere(failed, request, batch, answered=answered):
@@ -924,6 +926,11 @@ def _refusal_told(refused: RejectedBatchError) -> str:
     else the model's refusal to answer."""
     if refused.reason is not None:
         return refused.reason
+    if refused.context_tokens is not None and refused.output_tokens is not None:
+        return (
+            f"HTTP 400: the prompt and the output asked were over the model's context window "
+            f"({refused.prompt_tokens} tokens > {refused.context_tokens})"
+        )
     if refused.context_tokens is not None:
         return (
             f"HTTP 400: the prompt was over the model's context window "
@@ -1066,8 +1073,9 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
         text = redact("".join(parts), secrets)
         if exc.status_code == 413:  # split, the batch is smaller; small, it is probed
             return RejectedBatchError(text, too_large=True)
-        if exc.status_code == 400 and _PROMPT_TOO_LONG.search(message):
-            return _over_the_context(text, message)
+        over = over_the_context(text, message) if exc.status_code == 400 else None
+        if over is not None:
+            return over
         if exc.status_code in INPUT_REFUSED_STATUSES:
             reason = redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
             return RejectedBatchError(text, reason=reason)
@@ -1090,28 +1098,86 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
     return ExtractionError(redact(text, secrets))
 
 
-_PROMPT_TOO_LONG = re.compile(r"prompt is too long", re.IGNORECASE)
-"""How the API's 400 says a request is over the model's context window."""
+_PROMPT_TOO_LONG = re.compile(
+    r"\s*prompt is too long(?::\s*(\d+)\s*tokens\s*>\s*(\d+)\s*maximum)?\.?\s*",
+    re.IGNORECASE,
+)
+"""The API's whole 400 message for a prompt over the model's context window, with the
+prompt's tokens and the window's when it names them."""
 
-_CONTEXT_FIGURES = re.compile(r"(\d+)\s*tokens\s*>\s*(\d+)\s*maximum", re.IGNORECASE)
-"""The prompt's tokens and the context window's, as that 400 names them."""
+_INPUT_AND_OUTPUT_OVER = re.compile(
+    r"\s*input length and `?max_tokens`? exceed context limit:\s*(\d+)\s*\+\s*(\d+)\s*>\s*"
+    r"(\d+)\s*,\s*decrease input length or `?max_tokens`? and try again\.?\s*",
+    re.IGNORECASE,
+)
+"""The API's whole 400 message for a prompt that fits the context window but leaves it
+too little for the output asked (``max_tokens``): the input's tokens, the output's, the
+window's."""
 
 
-def _over_the_context(text: str, message: str) -> RejectedBatchError:
-    """The refusal, told as ``text``, of a request whose prompt the API's ``message``
-    says is over the model's context window: a request too large, as a 413 is (the
-    engine splits the batch and learns the size), with the prompt's tokens and the
-    window's when the message names them. It is no refusal of the input's content."""
-    figures = _CONTEXT_FIGURES.search(message)
-    if figures is None:
-        return RejectedBatchError(text, too_large=True)
-    prompt, context = (int(figure) for figure in figures.groups())
-    return RejectedBatchError(text, too_large=True, prompt_tokens=prompt, context_tokens=context)
+def over_the_context(text: str, message: str) -> RejectedBatchError | None:
+    """The refusal, told as ``text``, of a request the API's whole ``message`` says is
+    over the model's context window, or None when it says anything else: a request too
+    large, as a 413 is (the engine splits the batch and learns the size), with the
+    prompt's tokens and the most the window leaves it when the message names them. It is
+    no refusal of the input's content.
+
+    The message must be one of the API's two context-window answers from end to end: a
+    message that merely quotes one (a refusal echoing the user's text) is the API's
+    refusal of that input, never figures to learn a size from. Over with the output
+    asked (``max_tokens``, which the window holds too), the output counts in the
+    request's tokens: a batch's output budget grows with its messages as its input does."""
+    prompt_over = _PROMPT_TOO_LONG.fullmatch(message)
+    if prompt_over is not None:
+        prompt, context = prompt_over.groups()
+        if prompt is None or context is None:
+            return RejectedBatchError(text, too_large=True, over_the_window=True)
+        return RejectedBatchError(
+            text,
+            too_large=True,
+            over_the_window=True,
+            prompt_tokens=int(prompt),
+            context_tokens=int(context),
+        )
+    with_output = _INPUT_AND_OUTPUT_OVER.fullmatch(message)
+    if with_output is None:
+        return None
+    given, output, window = (int(figure) for figure in with_output.groups())
+    return RejectedBatchError(
+        text,
+        too_large=True,
+        over_the_window=True,
+        prompt_tokens=given + output,
+        context_tokens=window,
+        output_tokens=output,
+    )
+
+
+def _weigh(refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch) -> None:
+    """Set on ``refused``, a refusal of ``request`` (``batch``'s) for a prompt over the
+    context window, memvee's estimates of the request's prompt tokens and of the part of
+    them every request has (the system prompt, the tool, the turn's text with no message
+    or entry), each with the output asked when the window held that too: what the API's
+    count of the excess is weighed against."""
+    empty = dataclasses.replace(batch, messages=(), known=())
+    fixed = {**request, "messages": [{"role": "user", "content": user_turn(empty)}]}
+    refused.estimated_tokens = _estimated_prompt(request)
+    refused.fixed_tokens = _estimated_prompt(fixed)
+    if refused.output_tokens is not None:  # the output asked was over the window too
+        refused.estimated_tokens += refused.output_tokens
+        refused.fixed_tokens += min(refused.output_tokens, _OUTPUT_BASE)
+
+
+def _estimated_prompt(request: dict[str, Any]) -> int:
+    """Memvee's estimate of the prompt tokens of ``request`` (its compact JSON as text)."""
+    body = json.dumps(request, ensure_ascii=False, separators=(",", ":"), default=str)
+    return estimate_tokens(body)
 
 
 def _over_the_window(refused: RejectedBatchError) -> bool:
-    """Whether ``refused`` is the API's 400 for a prompt over the model's context window."""
-    return refused.too_large and _PROMPT_TOO_LONG.search(str(refused)) is not None
+    """Whether ``refused`` is the API's 400 for a prompt over the model's context window
+    (as :func:`over_the_context` read it when the API answered)."""
+    return refused.too_large and refused.over_the_window
 
 
 class _RetryWithin(anthropic.Middleware):

@@ -87,3 +87,40 @@ def test_a_refusal_for_size_naming_no_excess_halves_the_batch_as_a_413_does() ->
     learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
     learned.too_large(12_000, prompt_tokens=12_000, context_tokens=12_000)
     assert learned.within(limits).max_tokens == 6_000
+
+
+def test_an_api_counting_thrice_memvees_estimate_teaches_the_share_its_window_leaves() -> None:
+    """The API's excess is in its own tokens: 24,000 counted for a request memvee put at
+    8,000 (2,000 of them the fixed prompt) over a window of 8,000 leaves, in memvee's
+    count, 2,666 of window and 666 of it for the 6,000 of messages (less a tenth), not
+    6,000 less the API's 16,000 of excess (one message for every user)."""
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
+    learned.too_large(
+        6_000,
+        prompt_tokens=24_000,
+        context_tokens=8_000,
+        estimated_tokens=8_000,
+        fixed_tokens=2_000,
+    )
+    assert learned.within(limits).max_tokens == 600
+
+
+def test_an_api_counting_half_memvees_estimate_teaches_the_larger_share_it_leaves() -> None:
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
+    learned.too_large(
+        12_000,
+        prompt_tokens=9_000,
+        context_tokens=8_000,
+        estimated_tokens=18_000,
+        fixed_tokens=2_000,
+    )
+    assert learned.within(limits).max_tokens == 9_450
+
+
+def test_an_excess_named_with_no_estimate_of_the_request_never_teaches_less_than_a_split() -> None:
+    """Without memvee's estimate of the request, an excess in the API's tokens cannot be
+    weighed in memvee's: taken off as it is, an API counting twice memvee's estimate
+    would cut every batch to one message for 600 s; the split's half is learned instead."""
+    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
+    learned.too_large(6_000, prompt_tokens=24_000, context_tokens=8_000)
+    assert learned.within(limits).max_tokens == 3_000

@@ -1717,6 +1717,94 @@ async def test_batches_after_a_prompt_over_the_context_start_within_the_size_tha
     assert len(tokens) <= 17, "about one request a half batch, not a refusal and a split each"
 
 
+async def _requests_for_a_backlog_over(
+    server: MessagesAPIServer, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """How many requests Ann's backlog of 200 long exchanges takes ``server`` to extract,
+    every message covered, none quarantined."""
+    story = "I walked along the river and watched the boats go by. " * 8
+    with server:
+        async with _memory_over(server, monkeypatch, path, extraction_timeout=30) as memory:
+            for i in range(200):
+                await memory.add_exchange("ann", f"Day {i}: {story}", "ok")
+            await _run_until_settled(memory, "ann")
+            assert await memory.quarantined("ann") == []
+            assert len(checked_coverage(memory, "ann").covered) == 400
+    return len(server.requests)
+
+
+@pytest.mark.parametrize("scale", [2.0, 3.0, 4.0])
+async def test_an_api_counting_more_tokens_than_memvee_estimates_is_fitted_no_worse_than_halving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scale: float
+) -> None:
+    """The API counts ``scale`` times memvee's estimate of a prompt. The tokens its 400
+    names are weighed against memvee's estimate of the request, so the size learned is
+    what the window leaves in memvee's count: no more requests than halving the batch
+    takes without figures (the API's excess taken off memvee's tokens as it was learned
+    one message for every user: 401 requests where halving took 39, at scale 3)."""
+
+    def server(names_tokens: bool) -> MessagesAPIServer:
+        return MessagesAPIServer(
+            _nothing_learned, max_prompt_tokens=8_000, token_scale=scale, names_tokens=names_tokens
+        )
+
+    named = await _requests_for_a_backlog_over(server(True), tmp_path / "named.db", monkeypatch)
+    halved = await _requests_for_a_backlog_over(server(False), tmp_path / "bare.db", monkeypatch)
+    assert named <= halved
+
+
+async def test_a_prompt_within_the_context_but_not_with_its_output_teaches_a_size_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real API's other context-window 400: "input length and `max_tokens` exceed
+    context limit: N + O > M". It is a request too large too, learned from both figures
+    (a batch's output budget grows with its messages as its input does): one refusal, no
+    probe, every message extracted (it used to be a refusal with a reason, every batch
+    refused, probed and split)."""
+    window = 9_000
+    server = MessagesAPIServer(_nothing_learned, max_prompt_tokens=window, counts_max_tokens=True)
+    requests = await _requests_for_a_backlog_over(server, tmp_path / "window.db", monkeypatch)
+    refused = [r for r in server.requests if _prompt_tokens(r) + r.body["max_tokens"] > window]
+    assert len(refused) == 1 and not any(map(_is_probe, server.requests))
+    assert requests <= 16, "about one request a half batch"
+
+
+ECHOED = "prompt is too long: 999999 tokens > 1 maximum"
+
+
+def _refusing_by_echo(request: RecordedRequest) -> ScriptedResponse:
+    """The API refusing a request that shows the marked message, echoing its text."""
+    for message in request.messages:
+        if MARK in message["content"]:
+            said = f"messages: input refused by policy: {message['content']!r}"
+            return ScriptedResponse(400, error_body("invalid_request_error", said))
+    return default_answer(request)
+
+
+async def test_a_refusal_echoing_a_message_that_says_the_prompt_is_too_long_is_its_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ann's message says "prompt is too long: 999999 tokens > 1 maximum", and the API's
+    refusal of it quotes it. That is the API refusing her message, quarantined with its
+    reason, not a request too large whose made-up figures would have every user's batches
+    take one message for ten minutes (Bob's 200 messages went in 200 requests)."""
+    with MessagesAPIServer(_refusing_by_echo) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "echo.db") as memory:
+            for i in range(20):
+                await memory.add_exchange("ann", f"Day {i}: I went to town.", "ok")
+            await memory.add_message("ann", "user", f"{MARK} my essay says {ECHOED}")
+            await _run_until_settled(memory, "ann")
+            [quarantined] = await memory.quarantined("ann")
+            assert "input refused by policy" in quarantined.error
+            first = len(server.requests)
+            for i in range(100):
+                await memory.add_exchange("bob", f"Day {i}: I went to the sea.", "ok")
+            await _run_until_settled(memory, "bob")
+            assert len(checked_coverage(memory, "bob").covered) == 200
+    bobs = [len(r.messages) for r in server.requests[first:]]
+    assert len(bobs) <= 4, f"Bob's batches are as large as configured: {bobs}"
+
+
 async def test_a_message_over_the_context_only_with_its_entries_is_extracted_without_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

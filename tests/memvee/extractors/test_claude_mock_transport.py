@@ -1406,3 +1406,46 @@ async def test_a_message_fitting_alone_but_not_with_entries_kept_is_extracted_wi
     known, messages = shown(api.bodies[-1])
     assert known == [] and messages == [lone.content]
     assert len(api.requests) == requests
+
+
+async def test_a_400_saying_input_and_max_tokens_exceed_the_context_is_a_request_too_large(
+    claude: Make,
+) -> None:
+    """The API's other context-window 400: the prompt fits, but not with the output asked.
+    It is a request too large too, its figures counting the output with the input (a
+    batch's output budget grows with its messages), and memvee's estimates of the request
+    and of its fixed part are carried to weigh them against."""
+    said = (BatchMessage(f"m-{i}", "user", f"I visited city {i}.", T0) for i in range(120))
+    many = replace(BATCH, messages=tuple(said))
+    message = (
+        "input length and `max_tokens` exceed context limit: 199759 + 8192 > 200000, "
+        "decrease input length or `max_tokens` and try again"
+    )
+    api = FakeAPI(fail(400, "invalid_request_error", message), ok())
+    with pytest.raises(RejectedBatchError, match="exceed context limit") as caught:
+        await claude(api, max_retries=0).extract(many)
+    refused = caught.value
+    assert refused.too_large and refused.over_the_window and refused.reason is None
+    assert (refused.prompt_tokens, refused.context_tokens) == (199759 + 8192, 200000)
+    assert refused.output_tokens == 8192
+    assert refused.estimated_tokens is not None and refused.fixed_tokens is not None
+    assert 0 < refused.fixed_tokens < refused.estimated_tokens
+    assert len(api.requests) == 1, "no probe: the engine splits it, smaller"
+
+
+async def test_a_400_quoting_the_users_text_that_says_the_prompt_is_too_long_is_a_refusal(
+    claude: Make,
+) -> None:
+    """A refusal may echo the user's input, which may say anything, "prompt is too long:
+    999999 tokens > 1 maximum" included: only the API's whole message is read as its
+    context-window answer, so this is a refusal of the input with its reason, not a
+    request too large whose made-up figures would shrink every user's batches."""
+    echoed = "my essay says prompt is too long: 999999 tokens > 1 maximum"
+    message = f"messages: input refused by policy: {echoed!r}"
+    api = FakeAPI(fail(400, "invalid_request_error", message), ok())
+    with pytest.raises(RejectedBatchError) as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+    refused = caught.value
+    assert not refused.too_large and not refused.over_the_window
+    assert (refused.prompt_tokens, refused.context_tokens) == (None, None)
+    assert refused.reason == f"HTTP 400 invalid_request_error: {message}"
