@@ -720,6 +720,74 @@ def test_an_export_never_writes_its_file_in_progress_over_a_database(
     assert (tmp_path / "snap").read_text().count("\n") == before.count('"version"')
 
 
+def _export_in_a_process(
+    db: str, out: str, pass_fds: tuple[int, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``memvee export ann --db DB --out OUT`` in a process of its own, which has no
+    descriptor open past stderr but ``pass_fds``."""
+    return subprocess.run(
+        [str(MEMVEE), "export", "ann", "--db", db, "--out", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_env(),
+        timeout=60,
+        check=False,
+        close_fds=True,
+        pass_fds=pass_fds,
+    )
+
+
+@pytest.mark.parametrize("fd", range(3, 8))
+def test_an_export_to_a_descriptor_the_process_did_not_get_leaves_the_database_whole(
+    db: str, fd: int
+) -> None:
+    """``--out /dev/fd/N`` names the descriptor as the export starts, before the database
+    opens: one it was not given is one error line. It was opened once the database was,
+    and ``/dev/fd/4`` was the database's own descriptor: the export emptied it."""
+    before = Path(db).read_bytes()
+    done = _export_in_a_process(db, f"/dev/fd/{fd}")
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"error: No such file or directory: /dev/fd/{fd}\n",
+    )
+    assert Path(db).read_bytes() == before
+    for beside in ("-wal", "-shm", ".memvee-held"):
+        written = Path(db + beside)
+        assert not written.exists() or b'"user_id"' not in written.read_bytes(), beside
+
+
+def test_an_export_to_a_descriptor_of_a_file_beside_the_database_under_another_name_is_refused(
+    db: str, tmp_path: Path
+) -> None:
+    """The file a descriptor has open is compared with the database's files by inode, not
+    by the name it was opened by: a hard link to the write-ahead log of the database (open
+    in another process), given as ``/dev/fd/N``, was written over with the log."""
+    with Audit(db_path=db) as audit:
+        audit.users()
+        wal = Path(db + "-wal")
+        other = tmp_path / "notes.jsonl"
+        other.hardlink_to(wal)
+        descriptor = os.open(other, os.O_WRONLY)
+        try:
+            done = _export_in_a_process(db, f"/dev/fd/{descriptor}", pass_fds=(descriptor,))
+        finally:
+            os.close(descriptor)
+        assert b'"user_id"' not in wal.read_bytes()
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"error: --out /dev/fd/{descriptor} is the database itself; give another file\n",
+    )
+
+
+def test_an_export_to_a_symbolic_link_loop_is_one_error_line(db: str, tmp_path: Path) -> None:
+    """It was a traceback (``Path.resolve``'s RuntimeError) and exit code 1."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    result = run("export", "ann", "--out", str(tmp_path / "a"), "--db", db, code=2)
+    assert one_error_line(result).startswith("error: Too many levels of symbolic links: ")
+
+
 @pytest.mark.parametrize(
     ("folder", "says"),
     [("missing", "No such file or directory"), ("a-file", "Not a directory")],
