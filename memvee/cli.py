@@ -24,10 +24,10 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -99,6 +99,8 @@ __all__ = ["app", "main"]
 _SPOOL_BYTES = 16 * 1024 * 1024
 """How much of an export to stdout waits in memory before it goes to a temporary file."""
 
+
+_T = TypeVar("_T")
 
 _INTERRUPTED = 128 + signal.SIGINT
 """The exit code typer gives a Ctrl-C outside a command's own run."""
@@ -178,31 +180,51 @@ _ctrl_c_pressed = False
 """Whether a Ctrl-C came while the command ran (see :func:`_ctrl_c_noted`)."""
 
 
+def _note_ctrl_c(signum: int, frame: object) -> None:
+    """Python's own answer to Ctrl-C (a ``KeyboardInterrupt`` where the main thread is),
+    noted in :data:`_ctrl_c_pressed`."""
+    global _ctrl_c_pressed
+    _ctrl_c_pressed = True
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _ctrl_c_noted() -> Iterator[None]:
-    """Take Ctrl-C as Python does (a ``KeyboardInterrupt`` where the main thread is), and
-    note it: memvee turns what an embedder raises that is no ``Exception`` into that
-    embedder's failure, so a Ctrl-C landing in the embedding model would otherwise let a
-    search go on by words (:func:`_stop_if_interrupted` asks). Only on the main thread, and
-    only where Python's own handler is in place (a server installs its own)."""
+    """Take Ctrl-C as Python does, and note it (:func:`_note_ctrl_c`): memvee turns what an
+    embedder raises that is no ``Exception`` into that embedder's failure, so a Ctrl-C
+    landing in the embedding model would otherwise let a search go on by words
+    (:func:`_stop_if_interrupted` asks). Only on the main thread, and only where Python's
+    own handler is in place (a server installs its own)."""
     global _ctrl_c_pressed
     _ctrl_c_pressed = False
     main = threading.current_thread() is threading.main_thread()
-    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-
-    def pressed(signum: int, frame: object) -> None:
-        global _ctrl_c_pressed
-        _ctrl_c_pressed = True
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, pressed)
+    noting = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if noting:
+        signal.signal(signal.SIGINT, _note_ctrl_c)
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGINT) is pressed:
+        if noting and signal.getsignal(signal.SIGINT) is _note_ctrl_c:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run_async(main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(main)`` under Python's own Ctrl-C handler rather than
+    :func:`_note_ctrl_c`: asyncio.run takes Ctrl-C over only from Python's (cancelling
+    ``main`` at its next ``await``, then raising ``KeyboardInterrupt``). Under the noting
+    one a Ctrl-C landed mid-statement: right after a promotion committed, the command said
+    only "interrupted", not what it had promoted."""
+    noting = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is _note_ctrl_c
+    )
+    if noting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return asyncio.run(main)
+    finally:
+        if noting and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _note_ctrl_c)
 
 
 def _stop_if_interrupted() -> None:
@@ -1004,7 +1026,7 @@ def reextract(
                 listed=user is None,
             )
             return
-        failed, left_out = asyncio.run(_reextract_users(audit, targets, chosen, version, promote))
+        failed, left_out = _run_async(_reextract_users(audit, targets, chosen, version, promote))
         if failed or left_out:
             raise typer.Exit(code=2 if failed else 1)
 
@@ -1082,7 +1104,7 @@ def _reextract_in_bulk(
     ``targets`` ``listed`` from the logs (``--all``) are passed over once forgotten."""
     with _bar("Message Batch", "requests") as bar:
         job = bar.add_task("batch", total=None)
-        report = asyncio.run(
+        report = _run_async(
             audit.reextract_in_bulk(
                 targets,
                 extractor,

@@ -1323,6 +1323,28 @@ def test_a_ctrl_c_that_something_the_command_called_swallowed_still_ends_it_inte
     assert ended.splitlines()[-1] == "error: interrupted" and "Traceback" not in ended
 
 
+def test_ctrl_c_after_reextract_promoted_prints_the_promotion_then_interrupted(
+    ann_at: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C as the promotion commits is asyncio.run's to take (the run stops at its
+    next ``await``): the command says what it promoted, then "error: interrupted", exit 2.
+    The command's own handler made it land mid-statement, and it said only "interrupted"
+    though the promotion was in the log."""
+    promote = Audit.promote
+
+    def promoted_then_ctrl_c(self: Audit, *args: Any, **kwargs: Any) -> Any:
+        done = promote(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return done
+
+    monkeypatch.setattr(Audit, "promote", promoted_then_ctrl_c)
+    ended = run("reextract", "ann", "--promote", "--db-url", ann_at, code=2).output
+    assert "ann: 1 entries extracted; 'reextracted' promoted" in ended
+    assert ended.splitlines()[-1] == "error: interrupted" and "Traceback" not in ended
+    with Audit(db_url=ann_at) as audit:
+        assert audit.knowledge("ann")[0].text == "User lives in Oslo."
+
+
 def test_the_log_reads_one_line_per_event_and_json_keeps_the_payload(db: str) -> None:
     shown = run("log", "ann", "--db", db).output
     assert "#1 user: I live in Oslo." in shown
