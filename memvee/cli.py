@@ -58,6 +58,7 @@ from events import (
     sqlite_url,
 )
 from events.errors import (
+    EmbedderError,
     NewerEventError,
     UnreadableEventError,
     database_refused,
@@ -1628,13 +1629,13 @@ def main() -> None:
 def _log_warnings_but_not_interrupts() -> None:
     """Print warnings to stderr, as Python does for a program that configures no logging,
     but not a library's report of a Ctrl-C that stopped its cleanup (SQLAlchemy's pool
-    logs one with its traceback), nor anything once a Ctrl-C came (an embedder it stopped
-    logs its failure): the command then ends with one ``error:`` line. No
+    logs one with its traceback), nor, once a Ctrl-C came, an embedder's failure (one it
+    stopped logs it): the command then ends with one ``error:`` line. No
     credential is printed (see :class:`RedactSecrets`), nor a control character sent."""
 
     def not_an_interrupt(record: logging.LogRecord) -> bool:
-        if _ctrl_c_pressed:  # what failed of it (an embedder) is no warning of its own
-            return False
+        if _ctrl_c_pressed and _tells_an_embedders_failure(record):
+            return False  # the Ctrl-C made it fail: the command says "interrupted"
         kind = exception_type(record)  # also once a redacting filter took the exception off
         return kind is None or not issubclass(kind, KeyboardInterrupt)
 
@@ -1644,6 +1645,16 @@ def _log_warnings_but_not_interrupts() -> None:
     handler.addFilter(RedactSecrets())
     handler.setFormatter(_ShownFormatter())
     logging.getLogger().addHandler(handler)
+
+
+def _tells_an_embedders_failure(record: logging.LogRecord) -> bool:
+    """Whether ``record`` reports an embedder's failure (an :class:`EmbedderError` it was
+    logged with or quotes), which is what a Ctrl-C landing in the embedder becomes."""
+    kind = exception_type(record)
+    if kind is not None and issubclass(kind, EmbedderError):
+        return True
+    quoted = record.args if isinstance(record.args, tuple) else ()
+    return any(isinstance(each, EmbedderError) for each in quoted)
 
 
 class _ShownFormatter(logging.Formatter):

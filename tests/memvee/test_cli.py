@@ -1323,6 +1323,34 @@ def test_a_ctrl_c_that_something_the_command_called_swallowed_still_ends_it_inte
     assert ended.splitlines()[-1] == "error: interrupted" and "Traceback" not in ended
 
 
+def _swallowing_a_ctrl_c() -> None:
+    """A library's cleanup that catches the Ctrl-C that lands in it."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the signal's handler runs here
+    except KeyboardInterrupt:
+        pass
+
+
+def test_a_warning_after_a_ctrl_c_something_swallowed_is_still_printed(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once a Ctrl-C came, only an embedder's failure (which it caused) goes unprinted, not
+    what else goes wrong: every record was dropped."""
+    users = Audit.users
+
+    def swallowing_then_failing(self: Audit, **page: Any) -> Any:
+        _swallowing_a_ctrl_c()
+        logging.getLogger("events.store").error("a connection could not be rolled back")
+        return users(self, **page)
+
+    monkeypatch.setattr(Audit, "users", swallowing_then_failing)
+    with _warnings_printed_as_the_command_line_prints_them():
+        ended = run("users", "--db", db, code=2).output
+    assert ended.splitlines()[-1] == "error: interrupted"
+    assert capsys.readouterr().err == "a connection could not be rolled back\n"
+
+
 def test_ctrl_c_after_reextract_promoted_prints_the_promotion_then_interrupted(
     ann_at: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
