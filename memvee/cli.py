@@ -195,7 +195,8 @@ def _ctrl_c_noted() -> Iterator[None]:
     embedder raises that is no ``Exception`` into that embedder's failure, so a Ctrl-C
     landing in the embedding model would otherwise let a search go on by words
     (:func:`_stop_if_interrupted` asks). Only on the main thread, and only where Python's
-    own handler is in place (a server installs its own)."""
+    own handler is in place (a server installs its own). The note is cleared as the block
+    ends, so a later call of a command's function in this process hears no old Ctrl-C."""
     global _ctrl_c_pressed
     _ctrl_c_pressed = False
     main = threading.current_thread() is threading.main_thread()
@@ -207,6 +208,7 @@ def _ctrl_c_noted() -> Iterator[None]:
     finally:
         if noting and signal.getsignal(signal.SIGINT) is _note_ctrl_c:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        _ctrl_c_pressed = False
 
 
 def _run_async(main: Coroutine[Any, Any, _T]) -> _T:

@@ -1351,6 +1351,38 @@ def test_a_warning_after_a_ctrl_c_something_swallowed_is_still_printed(
     assert capsys.readouterr().err == "a connection could not be rolled back\n"
 
 
+def test_a_ctrl_c_a_command_heard_is_not_heard_again_by_a_later_call_of_its_function(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A program calling a command's function after a command ended interrupted gets its
+    answer: the Ctrl-C stayed noted, and the call raised ``KeyboardInterrupt``."""
+    users = Audit.users
+
+    def swallowing(self: Audit, **page: Any) -> Any:
+        _swallowing_a_ctrl_c()
+        return users(self, **page)
+
+    monkeypatch.setattr(Audit, "users", swallowing)
+    run("users", "--db", db, code=2)
+    monkeypatch.setattr(Audit, "users", users)
+    try:
+        memvee.cli.search(
+            "ann",
+            "Oslo",
+            top_k=5,
+            messages=False,
+            as_of=None,
+            lexical=True,
+            embed_all=False,
+            as_json=True,
+            db=db,
+            db_url=None,
+        )
+    except KeyboardInterrupt:  # not taken for a Ctrl-C of the test run itself
+        pytest.fail("the Ctrl-C of the command before was heard again")
+    assert json.loads(capsys.readouterr().out)["user_id"] == "ann"
+
+
 def test_ctrl_c_after_reextract_promoted_prints_the_promotion_then_interrupted(
     ann_at: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
