@@ -473,16 +473,17 @@ def record_check(
 
 _MOST_NAMED = 10
 """How many users an import's error names one by one; past that, how many, the first and
-the last."""
+the last imported."""
 
 
 def _named(user_ids: list[str]) -> str:
-    """``user_ids`` (each once, in order) as an error names them: every one for a few, the
-    count with the first and the last for more, so the error stays one readable line."""
+    """``user_ids`` (in the order they were imported, a user again for each later run of
+    lines) as an error names them: each once for a few, the count with the first and the
+    last imported for more, so the error stays one readable line."""
     users = list(dict.fromkeys(user_ids))
     if len(users) <= _MOST_NAMED:
         return ", ".join(map(repr, users))
-    return f"{len(users):,} users, the first {users[0]!r}, the last {users[-1]!r}"
+    return f"{len(users):,} users, the first {user_ids[0]!r}, the last {user_ids[-1]!r}"
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:

@@ -1961,6 +1961,30 @@ def test_an_import_stopped_after_many_users_names_a_few_of_them_on_its_one_line(
     assert line.endswith("(imported before it: 11 users, the first 'u00', the last 'u10')")
 
 
+def test_an_import_stopped_after_many_users_names_the_last_one_it_imported(
+    tmp_path: Path,
+) -> None:
+    """ "The last" is the user whose lines were imported last, one that came back in a
+    later run of lines too: it was the last of the users met for the first time."""
+    source = str(tmp_path / "source.db")
+
+    async def fill() -> None:
+        async with Memory(db_path=source, extractor=OfflineExtractor(), embedder=False) as memory:
+            for n in range(12):
+                await memory.add_message(f"u{n:02d}", "user", "I live in Oslo.")
+            await memory.add_message("u00", "user", "I work at Acme.")
+
+    asyncio.run(fill())
+    with Audit(db_path=source) as audit:
+        logs = {f"u{n:02d}": list(audit.export(f"u{n:02d}")) for n in range(12)}
+    first = logs.pop("u00")
+    runs = [*first[:-1], *(line for log in logs.values() for line in log), first[-1]]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([*runs, logs["u05"][-1]]) + "\n", encoding="utf-8")
+    line = one_error_line(run("import", str(broken), "--db", str(tmp_path / "m.db"), code=2))
+    assert line.endswith("(imported before it: 12 users, the first 'u00', the last 'u00')")
+
+
 @pytest.mark.parametrize(
     ("case", "broken", "message"), BROKEN_EXPORTS, ids=[c[0] for c in BROKEN_EXPORTS]
 )
