@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from memvee import Memory, MemoryConfig, MemveeError
+from memvee import Memory, MemveeError
 from memvee.extractors import ClaudeExtractor
 from tests.support.coverage import checked_coverage
 from tests.support.messages_api_server import (
@@ -50,6 +50,7 @@ from tests.support.messages_api_server import (
     tool_use_body,
     truncated_tool_body,
 )
+from tests.support.soak_config import soak_config
 from tests.support.verification import differences
 
 SECONDS = float(os.environ.get("MEMVEE_CLAUDE_SOAK_SECONDS", "1.5"))
@@ -174,29 +175,13 @@ def key_watch() -> Iterator[KeyWatch]:
         root.setLevel(level)
 
 
-def _config(db_url: str) -> MemoryConfig:
-    """Small limits, so every path runs often: batches split, actors passivate and come
-    back, logs snapshot; failed batches retry at once and the breaker stays closed."""
-    return MemoryConfig(
-        db_url=db_url,
-        auto_process=True,
-        batch_threshold=4,
-        max_batch_messages=6,
-        max_attempts=MAX_ATTEMPTS,
-        extraction_timeout=20,
-        retry_delay=0.01,
-        retry_delay_max=0.05,
-        breaker_failures=1000,
-        idle_timeout=0.05,
-        max_live_actors=3,
-        snapshot_interval=7,
-        checkpoint_interval=50,
-    )
-
-
 def _memory(db_url: str) -> Memory:
     extractor = ClaudeExtractor(timeout=TIMEOUT, max_retries=1)
-    return Memory(config=_config(db_url), extractor=extractor, embedder=False)
+    return Memory(
+        config=soak_config(db_url, max_attempts=MAX_ATTEMPTS, extraction_timeout=20),
+        extractor=extractor,
+        embedder=False,
+    )
 
 
 async def _caller(

@@ -23,9 +23,10 @@ from typing import TypeVar
 
 import pytest
 
-from memvee import Memory, MemoryConfig, MemveeError
+from memvee import Memory, MemveeError
 from tests.support.coverage import checked_coverage
 from tests.support.extractors import FlakyExtractor
+from tests.support.soak_config import soak_config
 from tests.support.store_faults import StoreOutage
 from tests.support.verification import differences
 
@@ -45,25 +46,6 @@ class Ledger:
 
     acknowledged: dict[str, list[str]] = field(default_factory=dict)
     untyped: list[BaseException] = field(default_factory=list)
-
-
-def _config(db_url: str) -> MemoryConfig:
-    """Small limits, so every path runs often: batches split, actors passivate and come
-    back, logs snapshot and checkpoint, failed batches retry at once."""
-    return MemoryConfig(
-        db_url=db_url,
-        auto_process=True,
-        batch_threshold=4,
-        max_batch_messages=6,
-        max_attempts=2,
-        retry_delay=0.01,
-        retry_delay_max=0.05,
-        breaker_failures=1000,
-        idle_timeout=0.05,
-        max_live_actors=3,
-        snapshot_interval=7,
-        checkpoint_interval=50,
-    )
 
 
 async def _caller(
@@ -125,7 +107,7 @@ async def _outages(outage: StoreOutage, rnd: random.Random, stop: asyncio.Event)
 
 async def _phase(db_url: str, seed: int, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     rnd = random.Random(seed)
-    memory = Memory(config=_config(db_url), extractor=FlakyExtractor(seed), embedder=False)
+    memory = Memory(config=soak_config(db_url), extractor=FlakyExtractor(seed), embedder=False)
     await memory.open()
     assert memory._engine is not None
     outage = StoreOutage(memory._engine.store, monkeypatch)
@@ -173,7 +155,7 @@ async def test_no_interleaving_of_calls_faults_and_restarts_loses_or_repeats_any
     assert sum(map(len, ledger.acknowledged.values())) > 0
 
     extractor = FlakyExtractor(SEED, transient=0.0)
-    memory = Memory(config=_config(db_url), extractor=extractor, embedder=False)
+    memory = Memory(config=soak_config(db_url), extractor=extractor, embedder=False)
     await memory.open()
     try:
         for user, acknowledged in sorted(ledger.acknowledged.items()):
