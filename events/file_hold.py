@@ -83,25 +83,15 @@ class FileHold:
     ) -> FileHold | None:
         """The hold on ``descriptor`` (the record opened), or ``None`` when the record
         was removed meanwhile and must be opened again."""
-        import fcntl  # not on Windows, where take() returns before
-
-        if try_flock(descriptor):  # no one holds it
-            if not same_file(descriptor, record):
-                return None
-            ident = file_ident(database)
-            if ident is None and create:
-                ident = _made_empty(database)
-            text = b"" if ident is None else f"{ident[0]} {ident[1]}\n".encode()
-            os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, text, 0)
-            fcntl.flock(descriptor, fcntl.LOCK_SH)  # only openers wait: they read it whole
-            return cls(record, descriptor, ident)
-        fcntl.flock(descriptor, fcntl.LOCK_SH)  # an opener's or a release's moment of EX
-        if not same_file(descriptor, record):
+        first = _locked(descriptor, record)
+        if first is None:
             return None
         ident = file_ident(database)
-        held = _recorded(os.pread(descriptor, 64, 0))
-        if held != ident:
+        if first:
+            if ident is None and create:
+                ident = _made_empty(database)
+            _write_record(descriptor, ident)
+        elif _recorded(os.pread(descriptor, 64, 0)) != ident:
             raise StorageError(
                 f"the SQLite file {database} was replaced (or deleted) while a Memory, in "
                 "this process or another, still has the file that was there open: its "
@@ -117,22 +107,75 @@ class FileHold:
 
     def alone(self) -> bool:
         """Whether no other store, in this process or another, holds the file: if so, the
-        hold is held alone from now on, so that none opens the file until it is released.
-        If not, the hold may be left shared with nothing (as ``flock`` converts), so ask
-        only on the way to :meth:`release`."""
+        hold is held alone from now on, so that none opens the file until :meth:`share`.
+        If not, the hold may be left holding nothing (``flock`` converts by letting go
+        first), so that the last other holder's release may remove the record meanwhile:
+        :meth:`share` holds the file again, whatever this answered."""
         descriptor = self._descriptor
         return (
             descriptor is not None and try_flock(descriptor) and same_file(descriptor, self.record)
         )
 
-    def share(self) -> None:
-        """Hold the file shared again after :meth:`alone`, whatever it answered: other
-        stores may open it from now on (waits out an opener's moment alone)."""
+    def let_go(self) -> None:
+        """Hold nothing until :meth:`share`, the record kept: an opener waiting to hold
+        the file alone lets another waiting alike have it first, where each keeping its
+        share would keep every other from ever having it alone."""
         import fcntl  # not on Windows, where take() returns None
 
         descriptor = self._descriptor
         if descriptor is not None:
-            fcntl.flock(descriptor, fcntl.LOCK_SH)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+    def share(self) -> None:
+        """Hold the file shared again after :meth:`alone` or :meth:`let_go`: other stores
+        may open it from now on (waits out another opener's moment alone). Where the last
+        other holder removed the record meanwhile, a record naming this hold's file is
+        made again (or joined, if a new opener made one): else the next opener would
+        take itself for the first holder, and an open of another file put at the path
+        would no longer be refused while this store has the old one open.
+
+        Raises :class:`StorageError` if a store opened another file put at the path
+        meanwhile (each would read the other's write-ahead log)."""
+        import fcntl  # not on Windows, where take() returns None
+
+        descriptor = self._descriptor
+        if descriptor is None:
+            return
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
+        if same_file(descriptor, self.record):
+            return
+        self._descriptor = None
+        os.close(descriptor)
+        self._descriptor = self._recorded_again()
+
+    def _recorded_again(self) -> int | None:
+        """The record, opened again and held shared, naming this hold's file (see
+        :meth:`share`); ``None`` where it cannot be made (the store goes on unguarded,
+        as :meth:`take` does)."""
+        database = self.record.with_name(self.record.name.removesuffix(HELD_SUFFIX))
+        while True:
+            try:
+                descriptor = os.open(self.record, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                _unguarded(self.record, database, error, quiet=False)
+                return None
+            try:
+                first = _locked(descriptor, self.record)
+                if first:
+                    _write_record(descriptor, self.ident)
+                elif first is not None and _recorded(os.pread(descriptor, 64, 0)) != self.ident:
+                    raise StorageError(
+                        f"the SQLite file {database} was replaced while this store had the "
+                        "file that was there open, and another store has opened the new "
+                        "one: each would read the other's write-ahead log at that path. "
+                        "Close both, then open again"
+                    )
+            except BaseException:
+                os.close(descriptor)
+                raise
+            if first is not None:
+                return descriptor
+            os.close(descriptor)  # the last holder removed the record meanwhile: again
 
     def release(self) -> None:
         """Give the hold up; the last holder removes the record. Idempotent."""
@@ -162,6 +205,32 @@ def try_flock(descriptor: int, *, shared: bool = False) -> bool:
             return False
         raise
     return True
+
+
+def _locked(descriptor: int, record: Path) -> bool | None:
+    """Lock the ``record`` open on ``descriptor``: alone, if no one holds it (``True``,
+    left so for the caller to write it, then :func:`_write_record`), else shared once
+    another opener's or a release's moment alone is over (``False``); ``None`` if the
+    record was removed meanwhile (its holders gone), to be opened again."""
+    import fcntl  # not on Windows, whose callers return before
+
+    first = try_flock(descriptor)
+    if not first:
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
+    if not same_file(descriptor, record):
+        return None
+    return first
+
+
+def _write_record(descriptor: int, ident: FileIdent | None) -> None:
+    """Write ``ident`` into the record held alone on ``descriptor``, then hold it shared:
+    only openers wait for that moment, and they read it whole."""
+    import fcntl  # not on Windows, whose callers return before
+
+    text = b"" if ident is None else f"{ident[0]} {ident[1]}\n".encode()
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, text, 0)
+    fcntl.flock(descriptor, fcntl.LOCK_SH)
 
 
 def file_ident(path: str | Path | None) -> FileIdent | None:

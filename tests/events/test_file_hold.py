@@ -88,3 +88,56 @@ def test_a_file_system_without_flock_opens_unguarded_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="memvee"):
         assert FileHold.take(database, create=True) is None
     assert "No locks available" in caplog.text
+
+
+def test_a_hold_shared_again_after_the_others_left_meanwhile_is_recorded_again(
+    tmp_path: Path,
+) -> None:
+    """A holder that failed to hold the file alone held nothing for that moment, so the
+    other holder's release took itself for the last and removed the record: shared again,
+    the hold records its file anew, and is still seen, so an open of another file put at
+    the path is refused while it holds the old one."""
+    database = tmp_path / "memory.db"
+    database.write_bytes(b"")
+    record = tmp_path / f"memory.db{HELD_SUFFIX}"
+    opener = FileHold.take(database, create=True)
+    other = FileHold.take(database, create=True)
+    assert opener is not None and other is not None
+    assert not opener.alone()
+    other.release()
+    assert not record.exists()
+    opener.share()
+    assert record.read_text() == "{} {}\n".format(*_ident(database))
+    newcomer = FileHold.take(database, create=True)
+    assert newcomer is not None
+    assert not newcomer.alone(), "the opener holds the file too"
+    newcomer.share()
+    newcomer.release()
+    (tmp_path / "backup.db").write_bytes(b"")
+    (tmp_path / "backup.db").replace(database)
+    with pytest.raises(StorageError, match="still has the file that was there open"):
+        FileHold.take(database, create=True)
+    opener.release()
+    assert not record.exists()
+
+
+def test_a_hold_shared_again_beside_a_store_of_another_file_put_at_the_path_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Where, while the hold held nothing, the file was replaced at its path and another
+    store opened the new one, the two would read each other's write-ahead log: taking
+    the hold again is refused."""
+    database = tmp_path / "memory.db"
+    database.write_bytes(b"")
+    opener = FileHold.take(database, create=True)
+    assert opener is not None
+    opener.let_go()
+    (tmp_path / f"memory.db{HELD_SUFFIX}").unlink()  # as the last other holder's release
+    (tmp_path / "backup.db").write_bytes(b"")
+    (tmp_path / "backup.db").replace(database)
+    newcomer = FileHold.take(database, create=True)
+    assert newcomer is not None
+    with pytest.raises(StorageError, match="another store has opened the new one"):
+        opener.share()
+    assert not opener.held
+    newcomer.release()
