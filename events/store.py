@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import random
 import re
 import select as io_select
 import sqlite3
@@ -822,6 +823,44 @@ def _refuse_ended_session(dbapi_connection: Any, _record: Any, _proxy: Any) -> N
         raise sqlalchemy.exc.DisconnectionError("the server ended the session")
 
 
+HOLD_ALONE_SECONDS = 5.0
+"""How long an open that must hold its SQLite file alone (:meth:`EventStore.held_alone`)
+waits for the other stores to let go of it before it is refused."""
+
+_HOLD_ALONE_BACKOFF = (0.01, 0.1)
+"""The range, in seconds, of the random pause between two tries to hold a file alone:
+openers waiting at the same moment try at different times, so one finds none holding it."""
+
+
+def _wait_alone(hold: FileHold, refusal: str, needed: Callable[[], bool]) -> bool:
+    """Hold ``hold``'s file alone (``True``), or shared again once ``needed()`` says no
+    (``False``: another opener made the change meanwhile), waiting for the others'
+    holds at most :data:`HOLD_ALONE_SECONDS`, past which :class:`DatabaseInUseError`
+    says ``refusal``.
+
+    Between tries it holds nothing (:meth:`FileHold.let_go`): openers that each kept their
+    own share while trying to hold the file alone would refuse each other. Each try that
+    fails takes its share back, which waits out another's moment alone (its change made),
+    then asks ``needed()`` again."""
+    give_up_at = time.monotonic() + HOLD_ALONE_SECONDS
+    try:
+        while not hold.alone():
+            hold.share()
+            if not needed():
+                return False
+            if time.monotonic() >= give_up_at:
+                raise DatabaseInUseError(refusal)
+            hold.let_go()
+            time.sleep(random.uniform(*_HOLD_ALONE_BACKOFF))
+        if needed():
+            return True
+    except BaseException:
+        hold.share()
+        raise
+    hold.share()
+    return False
+
+
 class EventStore:
     """Loads, appends and follows user logs in one database.
 
@@ -1142,23 +1181,29 @@ class EventStore:
         return _WriterTransaction(self, lock)
 
     @contextmanager
-    def held_alone(self, refusal: str) -> Iterator[None]:
+    def held_alone(self, refusal: str, needed: Callable[[], bool]) -> Iterator[None]:
         """Keep every other store, in this process or another, off this SQLite file while
-        the block runs: refused with :class:`DatabaseInUseError` (saying ``refusal``),
-        before the block runs, while another has the file open; one opening meanwhile
-        waits until the block ends. A change that stores running elsewhere would not
-        follow (an older memvee's, say) is made under it. Where the file is not held
+        the block runs, if ``needed()`` still says so once the file is held alone: a
+        change that stores running elsewhere would not follow (an older memvee's, say) is
+        made under it, and one opening meanwhile waits until the block ends.
+
+        While another has the file open, the opener waits for it, letting go of its own
+        hold meanwhile, since others opening the file at the same moment to make the same
+        change wait alike (:func:`_wait_alone`): once one has made it, ``needed()`` says
+        no to the others, whose blocks then run with the file shared. After
+        :data:`HOLD_ALONE_SECONDS` it is refused with :class:`DatabaseInUseError`
+        (saying ``refusal``), before the block runs. Where the file is not held
         (PostgreSQL, a file system without ``flock``), the block runs as it is."""
         hold = self._hold
         if hold is None or not hold.held:
             yield
             return
+        alone = _wait_alone(hold, refusal, needed)
         try:
-            if not hold.alone():
-                raise DatabaseInUseError(refusal)
             yield
         finally:
-            hold.share()
+            if alone:
+                hold.share()
 
     def load(self, user_id: str) -> UserLog | None:
         """The log of ``user_id`` from its latest snapshot and later events, or ``None``."""

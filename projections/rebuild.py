@@ -137,20 +137,27 @@ def alone_while_upgrading(store: EventStore, projector: Projector) -> Iterator[N
     layout into tables this one has changed (an index of layout 17 marked by first write
     in place, say, where its marks would be found by no search of 18). Such an open is
     refused with :class:`DatabaseInUseError`, before anything is written, while another
-    store has the file open."""
-    with store.engine.connect() as connection:
-        older = projector.layout_older(connection)
-    if not older:
+    store keeps the file open for :data:`~events.store.HOLD_ALONE_SECONDS`. Processes
+    opening such a file at the same moment wait for each other: one upgrades it, and the
+    others, finding it upgraded, go on as an open of an up-to-date file does."""
+    if not _layout_older(store, projector):
         yield
         return
     refusal = (
         f"the projections of {store.safe_url} are of an older memvee's layout and must "
-        "be upgraded, but another process or Memory (in this process or another) has the "
-        "file open: stop every process using it, older memvee processes first (they would "
-        "go on writing in the old layout), then open it again"
+        "be upgraded with the file held alone, but another process or Memory (in this "
+        "process or another) keeps it open: stop every process using it, older memvee "
+        "processes first (they would go on writing in the old layout), then open it "
+        "again; or another process is opening it at this moment: open again"
     )
-    with store.held_alone(refusal):
+    with store.held_alone(refusal, functools.partial(_layout_older, store, projector)):
         yield
+
+
+def _layout_older(store: EventStore, projector: Projector) -> bool:
+    """Whether the projection tables are of an older memvee's layout, read now."""
+    with store.engine.connect() as connection:
+        return projector.layout_older(connection)
 
 
 def _yielding_to_readers(store: EventStore, change: Callable[[Connection], _T]) -> _T:

@@ -189,13 +189,14 @@ async def test_a_sqlite_file_of_the_oldest_layout_opens_showing_what_its_memvee_
 
 
 async def test_a_sqlite_file_an_older_memvee_still_has_open_is_not_upgraded_under_it(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A SQLite file of layout 17 still open in a process of memvee 17 (its store, with
     leases): a Memory, or an Audit, that would mark its index in place is refused with
     :class:`DatabaseInUseError` before writing anything (the older process would go on
     marking its writes as 17 does, found by no search of 18); once that process has
     closed the file, the Memory opens it upgraded and finds what it holds."""
+    monkeypatch.setattr("events.store.HOLD_ALONE_SECONDS", 0.3)  # how long each waits
     path = tmp_path / "memvee.db"
     config = MemoryConfig(db_path=str(path), leases=True)
     async with Memory(config=config, extractor=RecordingExtractor(), embedder=False) as memory:
@@ -206,7 +207,7 @@ async def test_a_sqlite_file_an_older_memvee_still_has_open_is_not_upgraded_unde
     with pytest.raises(DatabaseInUseError, match="older memvee processes first"):
         async with Memory(config=config, extractor=RecordingExtractor(), embedder=False):
             pass
-    with pytest.raises(DatabaseInUseError, match="older memvee processes first"):
+    with pytest.raises(DatabaseInUseError, match="another process is opening it at this"):
         Audit(db_path=str(path))
     assert path.read_bytes() == before
     with still_running.engine.connect() as connection:

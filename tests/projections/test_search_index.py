@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import threading
 import unicodedata
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from operator import itemgetter
@@ -822,13 +824,14 @@ def _index_owners(store: EventStore, projector: Projector) -> list[str]:
 
 
 def test_a_sqlite_file_of_layout_17_another_store_has_open_is_not_upgraded_under_it(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store of an older memvee still open on a file of layout 17 would go on marking
     its writes as 17 does, in an index the upgrade marked by first write, where no
     search finds them. So the open that would upgrade the file in place is refused with
     :class:`DatabaseInUseError` while another store has the file open, writing nothing;
     once that store is closed, the open upgrades it."""
+    monkeypatch.setattr("events.store.HOLD_ALONE_SECONDS", 0.3)  # how long the open waits
     url = sqlite_url(tmp_path / "m.db")
     older = EventStore(url)  # the process of memvee 17 that keeps running
     tables = ProjectionTables()
@@ -854,6 +857,52 @@ def test_a_sqlite_file_of_layout_17_another_store_has_open_is_not_upgraded_under
     assert another.max_position() == opener.max_position()
     another.close()
     opener.close()
+
+
+def test_stores_opening_a_sqlite_file_of_layout_17_at_one_moment_all_open_it_upgraded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores of this memvee opening one file of layout 17 at the same moment (processes
+    started together) each hold the file when they find it must be upgraded alone: each
+    waits for the others, holding nothing meanwhile, rather than refusing them. One marks
+    the index in place; the others find it upgraded and open it as it is."""
+    url = sqlite_url(tmp_path / "m.db")
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    maker = EventStore(url)
+    with maker.transaction() as connection:
+        projector.create(connection)
+    _learn_live_and_again(maker, projector)
+    fresh = _shown(maker, tables)
+    mark_as_layout_17(maker, projector)
+    maker.close()
+    marked: list[int] = []
+    mark = SearchIndex.mark_by_first_write
+
+    def counted(index: SearchIndex, connection: sqlalchemy.Connection) -> int:
+        marked.append(mark(index, connection))
+        return marked[-1]
+
+    monkeypatch.setattr(SearchIndex, "mark_by_first_write", counted)
+    openers = [EventStore(url) for _ in range(4)]  # each holds the file before any upgrades
+    barrier = threading.Barrier(len(openers))
+
+    def open_at_once(store: EventStore) -> int:
+        barrier.wait()
+        return bring_up_to_date(store, ProjectionTables())
+
+    try:
+        with ThreadPoolExecutor(len(openers)) as pool:
+            folded = list(pool.map(open_at_once, openers))
+        assert folded == [0] * len(openers)
+        assert len(marked) == 1
+        for store in openers:
+            with store.engine.connect() as connection:
+                assert projector.layout_current(connection)
+        assert _shown(openers[0], tables) == fresh
+    finally:
+        for store in openers:
+            store.close()
 
 
 def test_a_sqlite_index_of_layout_17_is_marked_by_first_write_in_place_when_opened(
