@@ -1193,8 +1193,15 @@ class EventStore:
         no to the others, whose blocks then run with the file shared. After
         :data:`HOLD_ALONE_SECONDS` it is refused with :class:`DatabaseInUseError`
         (saying ``refusal``), before the block runs. Where the file is not held
-        (PostgreSQL, a file system without ``flock``), the block runs as it is."""
+        (PostgreSQL; a SQLite file where no lock can be taken, said in a warning), the
+        block runs as it is."""
         hold = self._hold
+        if hold is None and self.is_sqlite:
+            log.warning(
+                "%s cannot be held alone here (no lock on its file system): it is changed "
+                "without checking that no other process, an older memvee's, has it open",
+                self.safe_url,
+            )
         if hold is None or not hold.held:
             yield
             return

@@ -4,6 +4,7 @@ it and go in in bulk, and a search indexes what waits before it looks."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 import threading
@@ -33,6 +34,7 @@ from events import (
     sqlite_url,
     user_log_id,
 )
+from events.file_hold import FileHold
 from events.user_log import LIVE_KNOWLEDGE
 from memvee._retrieval import Retriever
 from memvee.extractors import OfflineExtractor
@@ -857,6 +859,32 @@ def test_a_sqlite_file_of_layout_17_another_store_has_open_is_not_upgraded_under
     assert another.max_position() == opener.max_position()
     another.close()
     opener.close()
+
+
+def test_a_sqlite_file_of_layout_17_that_cannot_be_held_is_upgraded_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where no store can hold the file (no ``flock`` on its file system, Windows), no
+    open can tell whether another store has it open: the upgrade goes on, and says in a
+    warning that an older memvee still running on the file was not looked for."""
+    monkeypatch.setattr(FileHold, "take", classmethod(lambda cls, database, *, create: None))
+    url = sqlite_url(tmp_path / "m.db")
+    older = EventStore(url)
+    projector = Projector(ProjectionTables())
+    with older.transaction() as connection:
+        projector.create(connection)
+    _learn_live_and_again(older, projector)
+    mark_as_layout_17(older, projector)
+    opener = EventStore(url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="memvee.events"):
+            assert bring_up_to_date(opener, ProjectionTables()) == 0
+        with opener.engine.connect() as connection:
+            assert projector.layout_current(connection)
+        assert "without checking that no other process" in caplog.text
+    finally:
+        opener.close()
+        older.close()
 
 
 def test_stores_opening_a_sqlite_file_of_layout_17_at_one_moment_all_open_it_upgraded_once(
