@@ -110,6 +110,11 @@ class CheckpointBusyError(StorageError):
         self.frames = frames
         self.copied = copied
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuilt from the row it was made with (its message alone would not do), so that
+        it crosses a process boundary (pickle) and copies whole."""
+        return type(self), (self.busy, self.frames, self.copied), vars(self)
+
 
 def _held_off_by(frames: int, copied: int) -> str:
     """What kept a checkpoint that returned ``frames`` and ``copied`` from completing."""

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from events.errors import (
     FORGOTTEN_REASON,
+    CheckpointBusyError,
     ConflictError,
     MemveeError,
     StorageError,
@@ -169,12 +170,17 @@ _RAISED: dict[str, Callable[[], MemveeError]] = {
 }
 """One of each error memvee.errors exports, made as the code that raises it makes it."""
 
+_ALSO_RAISED: dict[str, Callable[[], MemveeError]] = {
+    "CheckpointBusyError": lambda: CheckpointBusyError(0, 12, 7),
+}
+"""The errors of several arguments ``events`` raises beside those memvee.errors exports."""
+
 
 def test_a_sample_of_every_exported_error_is_checked_below() -> None:
     assert set(_RAISED) == set(errors.__all__)
 
 
-@pytest.mark.parametrize("name", sorted(_RAISED))
+@pytest.mark.parametrize("name", sorted({**_RAISED, **_ALSO_RAISED}))
 @pytest.mark.parametrize(
     "carry",
     [lambda e: pickle.loads(pickle.dumps(e)), copy.copy, copy.deepcopy],
@@ -186,7 +192,7 @@ def test_every_error_is_carried_across_processes_and_copied_whole(
     """An error of several arguments was rebuilt from its message alone: a ProcessingError
     raised in a worker process (a process pool, a task queue) never reached the parent,
     whose unpickling failed with a TypeError, and ``copy.copy`` of one failed alike."""
-    raised = _RAISED[name]()
+    raised = {**_RAISED, **_ALSO_RAISED}[name]()
     carried = carry(raised)
     assert type(carried) is type(raised)
     assert str(carried) == str(raised)
