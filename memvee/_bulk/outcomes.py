@@ -172,7 +172,9 @@ def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) 
     refused every request so: retried later, no message blamed); an expired, canceled or
     errored one (overloaded, a server error) may pass. One refused for a prompt over the
     model's context window (as the Messages API's 400 says it) is a request too large, as
-    it is there, however many were refused so: split, its size learned, no reason told."""
+    it is there, however many were refused so: no refusal of the whole account nor a reason
+    told; it repeats, so a message blamed twice goes alone into the next run (a bulk run
+    neither splits it nor learns a size)."""
     detail = getattr(getattr(outcome, "error", None), "error", None)
     text = redact(f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}", secrets)
     reason = _refusal(outcome)
