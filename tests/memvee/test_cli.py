@@ -57,6 +57,14 @@ def one_error_line(result: Result) -> str:
     return lines[0]
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_at_a_terminal() -> None:
+    """Python's own Ctrl-C handler, as a command run at a terminal has: a process started
+    as a shell script's background job (a CI run) starts with SIGINT ignored, and the
+    command line then leaves Ctrl-C alone. The suite's conftest puts the handler back."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[str]:
     """A memory database where ann said five things over two months and bob one."""
