@@ -724,6 +724,9 @@ class Memory:
 
         As for :meth:`process`, only this call's own tasks failing raises: what another
         task left (one another Memory's close interrupted, say), the next of its own covers.
+        Closed under it, it raises the :class:`ProcessingError` of its own run the close
+        interrupted, or :class:`MemoryClosedError` when it can request no next run (the
+        messages left stay buffered for the next open), never another run's failure.
         """
         check_user_id(user_id)
         self._running()
@@ -738,11 +741,18 @@ class Memory:
                 return total
 
     def _raise_uncovered(self, user_id: str, failed: list[ProcessTask]) -> None:
-        """Raise the failure among ``failed`` that no run of this Memory could cover: the
-        user was forgotten (the messages are gone), or the Memory closed meanwhile."""
+        """Raise when no next run of this Memory can cover what ``failed`` left: the user
+        was forgotten (the messages are gone: that failure), or the Memory closed meanwhile
+        (:class:`MemoryClosedError`: those runs were not flush's own, and their messages
+        stay buffered for the next open)."""
         for task in failed:
-            if task.error == FORGOTTEN_REASON or not self.is_open:
-                raise processing_error(user_id, task.task_id, task.error or "unknown error")
+            if task.error == FORGOTTEN_REASON:
+                raise processing_error(user_id, task.task_id, task.error)
+        if not self.is_open:
+            raise MemoryClosedError(
+                f"this Memory was closed before flush could run for user {user_id!r}; "
+                "what is buffered stays buffered for the next open"
+            )
 
     async def wait_for_processing(self, user_id: str, timeout: float | None = None) -> int:  # noqa: ASYNC109 - the spec names it
         """Wait for the user's tasks in flight when called (with leases, those another

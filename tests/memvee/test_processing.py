@@ -18,6 +18,7 @@ import pytest
 from events import ExtractedFact, ExtractionBatch, estimate_tokens
 from memvee import (
     Memory,
+    MemoryClosedError,
     NotFoundError,
     ProcessingError,
     ProcessingTimeoutError,
@@ -461,6 +462,40 @@ async def test_flush_of_a_user_forgotten_meanwhile_raises_user_forgotten(
     extractor.gate.set()
     with pytest.raises(UserForgottenError):
         await flushing
+
+
+@pytest.mark.parametrize("run_under_way", ["interrupted", "failing"])
+async def test_a_flush_the_memorys_close_cuts_short_raises_memory_closed_not_another_runs_failure(
+    make_memory: Any, extractor: RecordingExtractor, run_under_way: str
+) -> None:
+    """flush raises only for its own runs: closed while it waits for a run it did not start
+    (which the close interrupts, or which fails of its own meanwhile), it can request none,
+    so it says the Memory closed; that run's messages stay buffered for the next open."""
+    extractor.gate.clear()
+    memory: Memory = await make_memory()
+    written = await _exchanges(memory, "fay", 2)
+    running = memory.process_async("fay")
+    assert await asyncio.to_thread(extractor.started.wait, 10)
+    flushing = asyncio.ensure_future(memory.flush("fay"))
+    await asyncio.sleep(0)  # flush now waits for the run under way, held at the gate
+    if run_under_way == "interrupted":
+        closing = asyncio.ensure_future(memory.close(grace=0.2))
+    else:
+        extractor.fail_next = 1
+        closing = asyncio.ensure_future(memory.close(grace=30))
+        await _until(lambda: not memory.is_open)
+        extractor.gate.set()
+    try:
+        with pytest.raises(MemoryClosedError):
+            await flushing
+        await closing
+    finally:
+        extractor.gate.set()
+    assert running.status is ProcessStatus.FAILED
+    again: Memory = await make_memory()
+    assert {m.message_id for m in await again.buffer("fay")} == set(written)
+    assert await again.flush("fay") == 2
+    assert await again.buffer("fay") == []
 
 
 async def test_wait_for_processing_sees_process_async_tasks(
