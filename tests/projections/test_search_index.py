@@ -744,6 +744,20 @@ def _layout_16() -> int:
     return 16 << 20 | zlib.crc32(words.encode()) & 0xFFFFF
 
 
+def _laid_out_and_learned(
+    url: str,
+) -> tuple[EventStore, ProjectionTables, Projector, dict[str, list[str]]]:
+    """A store at ``url`` with projections laid out as now and Ann's facts learned live
+    and again (:func:`_learn_live_and_again`), and what a batch is shown there, fresh."""
+    store = EventStore(url)
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with store.transaction() as connection:
+        projector.create(connection)
+    _learn_live_and_again(store, projector)
+    return store, tables, projector, _shown(store, tables)
+
+
 def _learn_live_and_again(store: EventStore, projector: Projector) -> None:
     """Ann's facts of three messages, live, then re-extracted into "v2" (not promoted), one
     of them changed in each answer (an ended entry of each version)."""
@@ -791,13 +805,7 @@ def test_a_sqlite_index_of_layout_16_is_marked_by_version_in_place_when_opened(
     entries as live ones, opens folding no event: its index is marked by version in place,
     and searches as a fresh one. The layout's change refolded the whole log (101,975
     events: 12.5 s, writers held off)."""
-    store = EventStore(sqlite_url(tmp_path / "m.db"))
-    tables = ProjectionTables()
-    projector = Projector(tables)
-    with store.transaction() as connection:
-        projector.create(connection)
-    _learn_live_and_again(store, projector)
-    fresh = _shown(store, tables)
+    store, tables, projector, fresh = _laid_out_and_learned(sqlite_url(tmp_path / "m.db"))
     k = projector.search.knowledge_fts.name
     with store.transaction() as connection:  # as memvee of layout 16 left it
         connection.exec_driver_sql(
@@ -940,13 +948,7 @@ def test_a_sqlite_index_of_layout_17_is_marked_by_first_write_in_place_when_open
     knowledge version's name (live ones bare of it), opens folding no event: its current
     entries are marked by their version's first write in place, and it searches as a
     fresh one, a rebuild alike."""
-    store = EventStore(sqlite_url(tmp_path / "m.db"))
-    tables = ProjectionTables()
-    projector = Projector(tables)
-    with store.transaction() as connection:
-        projector.create(connection)
-    _learn_live_and_again(store, projector)
-    fresh = _shown(store, tables)
+    store, tables, projector, fresh = _laid_out_and_learned(sqlite_url(tmp_path / "m.db"))
     mark_as_layout_17(store, projector)
     assert _shown(store, tables) != fresh  # the marks of 17 are not read as this layout's
     assert bring_up_to_date(store, tables) == 0
@@ -965,13 +967,7 @@ def test_postgresql_projections_keep_the_layout_a_memvee_of_16_opens(db_url: str
     and locked memvee 16 out."""
     if db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL's layout")
-    store = EventStore(db_url)
-    tables = ProjectionTables()
-    projector = Projector(tables)
-    with store.transaction() as connection:
-        projector.create(connection)
-    _learn_live_and_again(store, projector)
-    fresh = _shown(store, tables)
+    store, tables, _, fresh = _laid_out_and_learned(db_url)
     with store.engine.connect() as connection:
         stored = connection.exec_driver_sql(
             f"SELECT position FROM {tables.position.name} WHERE name = 'schema'"
@@ -991,13 +987,7 @@ def test_postgresql_projections_stamped_with_sqlites_layout_17_open_as_their_own
     memvee's with nothing to upgrade to."""
     if db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL's layout")
-    store = EventStore(db_url)
-    tables = ProjectionTables()
-    projector = Projector(tables)
-    with store.transaction() as connection:
-        projector.create(connection)
-    _learn_live_and_again(store, projector)
-    fresh = _shown(store, tables)
+    store, tables, _, fresh = _laid_out_and_learned(db_url)
     marked_by_version = next(k for k, v in SCHEMA_OF_INDEXED_LAYOUT.items() if v == 17)
     words = f"{Stemmer.version()}|unicode {unicodedata.unidata_version}|{marked_by_version}"
     stamped = 17 << 20 | zlib.crc32(words.encode()) & 0xFFFFF
