@@ -41,9 +41,9 @@ import Stemmer
 from sqlalchemy import Column, Connection, MetaData, Table, Text, inspect, text
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
-from events import UserLog
 from projections.columns import id_param, id_text
 from projections.comparison import Listing, sortable
+from projections.folds import ENTRY_EVENTS
 from projections.rows import Row
 from projections.sink import Derived
 from projections.tables import ProjectionTables
@@ -122,8 +122,6 @@ MESSAGES_INDEXED = "messages_indexed"
 """The position row holding the last message row number (``messages.id``) indexed."""
 _INDEX_PAGE = 2000
 """Messages read and indexed per statement by :meth:`SearchIndex.index_messages`."""
-_EXTRACTED = (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted)
-"""The events whose entries go in the index."""
 MARKED_CURRENT = "current marked"
 """How the index marked current entries in layouts 15 and 16 (each as a live one), and
 how PostgreSQL's, which stores no mark, still names its words (see :func:`indexed_layout`)."""
@@ -483,7 +481,7 @@ class SearchIndex:
         entries = [
             (_marked(row["owner"], marks.get(row["item_id"])), row["body"], row["item_id"])
             for e in events
-            if isinstance(e, _EXTRACTED)
+            if type(e) in ENTRY_EVENTS
             for _, row in search_fold(self, e)
         ]
         ended = [row["entry_id"] for row in updated if "valid_until" in row]
@@ -781,7 +779,7 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
     token here; :meth:`SearchIndex.write` marks the current ones, by their knowledge
     version's first write (:func:`current_token`), and marks them again when they end.
     """
-    if isinstance(e, _EXTRACTED):
+    if type(e) in ENTRY_EVENTS:
         log_id = str(e.originator_id)
         owner = owner_token(log_id)
         for entry in e.entries:
