@@ -131,3 +131,11 @@ def test_the_texts_of_log_ids_folded_stay_few_however_many_logs_are_folded() -> 
     for log_id in ids:
         assert folds._log_id(SimpleNamespace(originator_id=log_id)) == str(log_id)
         assert len(folds._log_id_texts) <= folds._LOG_ID_TEXTS_MAX
+
+
+def test_no_event_class_derives_from_another_so_the_folds_exact_class_match_misses_none() -> None:
+    """The folds tell events apart by exact class (``type(e) is``), which a subclass of an
+    event would slip past: folded as nothing, silently."""
+    for event_class in EVENT_CLASSES:
+        others = [c for c in EVENT_CLASSES if c is not event_class]
+        assert not issubclass(event_class, tuple(others)), event_class.__name__
