@@ -3,19 +3,20 @@
 Lexical ranking runs inside the database; with an :class:`~memvee.embedders.Embedder`
 (the default is a local model), a semantic ranking over the user's vectors is fused with
 it by a weighted sum of normalised scores: ``alpha`` times the lexical score divided by
-the best lexical score, plus ``1 - alpha`` times the cosine above a noise floor divided
-by the best one's (nothing at all when no candidate is near the query; a fact about the
-user's relatives or things the query does not name keeps half; the user's own name in
-the query is embedded as "the user", and is no word a fact written under it shares with
-it, see :meth:`Retriever._name_asked`). With
-``include_messages`` entries and raw messages are ranked together on that one score (a
-strong message beats a weak fact, and a fact scores at least as well as the messages it
-came from, or half their score for a relative's fact, and a fact found by meaning alone
-is left out beside a message matching twice as well and as near: facts are listed first);
-a message is left out when the returned entries citing its exchange state the query's
-words it holds, goes after the remaining entries when they leave some out, and goes after
-the rest when its facts were all replaced. An embedder that fails (an API down, a model
-that cannot load) leaves the ranking lexical: a search never fails for it.
+the best lexical score (one score for the matches holding the same words of the query,
+which their length alone told apart), plus ``1 - alpha`` times the cosine above a noise
+floor divided by the best one's (nothing at all when no candidate is near the query; a
+fact about the user's relatives or things the query does not name keeps half; the user's
+own name in the query is embedded as "the user", and is no word a fact written under it
+shares with it, see :meth:`Retriever._name_asked`). With ``include_messages`` entries
+and raw messages are ranked together on that one score (a strong message beats a weak
+fact, and a fact scores at least as well as the messages it came from, or half their
+score for a relative's fact, and a fact found by meaning alone is left out beside a
+message matching twice as well and as near: facts are listed first); a message is left
+out when the returned entries citing its exchange state the query's words it holds, goes
+after the remaining entries when they leave some out, and goes after the rest when its
+facts were all replaced. An embedder that fails (an API down, a model that cannot load)
+leaves the ranking lexical: a search never fails for it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from events import InvalidInputError, StorageError, as_int, check_text, check_vi
 from events.errors import echoed_repr, first_line
 from memvee._config import DEFAULT_ALPHA
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
-from projections.search import index_word, query_words, text_stems
+from projections.search import index_word, query_words, spoken, text_stems
 from projections.tables import ProjectionTables
 from projections.terms import KIN_NOUNS, query_terms
 from projections.vectors import ContainedEmbedder, VectorIndex, unfit
@@ -604,7 +605,7 @@ class Retriever:
                 candidates[key].unembedded = True
             alpha = self.alpha if query_vector is not None else 1.0
             worded = _Worded(frozenset().union(*(text_stems(t) for t in (*own, *added))), name)
-            _fuse(list(candidates.values()), alpha, query)
+            _fuse(list(candidates.values()), alpha, query, worded.words)
             _lift_entries(candidates, worded)
             return self._pick(
                 connection,
@@ -1270,7 +1271,9 @@ def _ranking(candidate: _Candidate) -> tuple[float, bool, float, float, str]:
     return (-candidate.score, True, -candidate.own, 0.0, "")
 
 
-def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
+def _fuse(
+    candidates: Sequence[_Candidate], alpha: float, query: str, asked: frozenset[str]
+) -> None:
     """Set each candidate's score: ``alpha`` times its lexical score divided by the best
     one, plus ``1 - alpha`` times its semantic share (:func:`_semantic`; 0 for a candidate
     the semantic ranking did not propose, and for all when none reaches
@@ -1281,7 +1284,10 @@ def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
     candidate without a vector (not embedded yet, or refused by the embedder) has no
     cosine to tell: its lexical score stands for both (words shared with the query go
     with a near meaning), so its good matches are not pushed below the embedded items'
-    poor ones."""
+    poor ones. Candidates holding the same words of the query (``asked``, as stored text
+    is cut) match it alike by their words, so they share one lexical score
+    (:func:`_alike_by_words`) and their meaning orders them."""
+    _alike_by_words(candidates, asked)
     best = max((c.lexical for c in candidates), default=0.0)
     nearest = max((c.cosine for c in candidates if c.cosine is not None), default=0.0)
     matched = nearest >= COSINE_MATCH
@@ -1293,6 +1299,35 @@ def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
             c.subject_share = _OTHER_SUBJECT_SHARE
         c.meant = c.subject_share * semantic
         c.score = c.own = alpha * lexical + (1 - alpha) * c.meant
+
+
+def _alike_by_words(candidates: Sequence[_Candidate], asked: frozenset[str]) -> None:
+    """Give each lexical match the least lexical score of the matches of its kind (entries,
+    messages: two indexes, two scales) holding the same words of the query (``asked``; a
+    message's speaker's name, which it is indexed with, included): BM25 tells those apart
+    only by their length and by how often they repeat a word, which says nothing of which
+    one answers. "Imran keeps checking the fuel economy screen like it's a video game."
+    outscored "He runs a phone repair shop on Oldham Road" for "What does Imran do?" by
+    being shorter, the name being the one word of the question either holds; now the
+    nearer in meaning comes first. The least, not the best: lifted to the best, every
+    message holding only the user's name matched as well as the shortest of them did, and
+    crowded answers holding no word of the question out. Matches holding more of the
+    question's words, or rarer ones, still score above them lexically."""
+    least: dict[tuple[str, frozenset[str]], float] = {}
+    held: list[tuple[_Candidate, tuple[str, frozenset[str]]]] = []
+    for candidate in candidates:
+        item = candidate.item
+        if candidate.lexical <= 0 or item is None:
+            continue
+        if isinstance(item, KnowledgeEntry):
+            kind, text = "entry", item.text
+        else:
+            kind, text = "message", spoken(item.content, item.name)
+        words = (kind, asked.intersection(text_stems(text)))
+        held.append((candidate, words))
+        least[words] = min(least.get(words, math.inf), candidate.lexical)
+    for candidate, words in held:
+        candidate.lexical = least[words]
 
 
 COSINE_MATCH = 0.2

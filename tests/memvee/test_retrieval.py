@@ -220,6 +220,25 @@ async def test_with_messages_own_words_rank_first_among_facts_and_among_messages
     ]
 
 
+async def test_messages_holding_the_same_words_of_the_question_come_in_order_of_meaning(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Messages holding the same words of the question match it alike by their words:
+    BM25 tells them apart only by their length, which says nothing of which one answers.
+    "Noor sang in the car." shares only her name with "Which tunes does Noor like?", as
+    the message about the jazz she plays does, and was listed first for being shorter;
+    the one nearer in meaning now comes first."""
+    memory = await make_memory(embedder=ConceptEmbedder(), config=_EVERY_VECTOR)
+    short = "Noor sang in the car."
+    answer = "Noor put old jazz songs on in the kitchen again, a band from her student days."
+    for i, line in enumerate([short, answer]):
+        await memory.add_exchange("ann", line, "I see.", sent_at=T0 + timedelta(minutes=i))
+
+    question = "Which tunes does Noor like?"
+    result = await memory.retrieve("ann", question, top_k=2, include_messages=True)
+    assert [hit.message.content for hit in result.messages] == [answer, short], _by_score(result)
+
+
 async def test_a_question_calling_the_user_by_name_finds_what_she_said_not_her_short_replies(
     make_memory: Callable[..., Any],
 ) -> None:
