@@ -513,7 +513,9 @@ class MessagesAPIServer:
     created. Options (None means no limit):
 
     - ``max_request_bytes``: a Messages API body larger than this gets HTTP 413,
-      "request_too_large", like the real API's request size limit;
+      "request_too_large", like the real API's request size limit, and so does a request
+      of a message batch whose ``params`` (as compact JSON) are: an errored result
+      carrying that error;
     - ``max_batch_bytes``: a Message Batches create body larger than this gets HTTP 413,
       "request_too_large", like the real API's 256 MB limit on a batch (nothing is made);
     - ``max_prompt_tokens``: a request whose :func:`estimate_tokens` exceeds this gets
@@ -732,10 +734,9 @@ class MessagesAPIServer:
 
     def _over_limit(self, body: Any, size: int | None) -> ScriptedResponse | None:
         """The real API's refusal of a request over a size or prompt limit, if it is."""
-        limit = self.max_request_bytes
-        if limit is not None and size is not None and size > limit:
-            message = f"Request exceeds the maximum allowed number of bytes ({size} > {limit})."
-            return ScriptedResponse(413, error_body("request_too_large", message))
+        too_large = self._too_many_bytes(size)
+        if too_large is not None:
+            return too_large
         window = self.max_prompt_tokens
         if window is not None:
             tokens = size // 4 if size is not None else estimate_tokens(body)
@@ -753,6 +754,15 @@ class MessagesAPIServer:
                 )
                 return ScriptedResponse(400, error_body("invalid_request_error", message))
         return None
+
+    def _too_many_bytes(self, size: int | None) -> ScriptedResponse | None:
+        """The real API's 413 for a request body of ``size`` bytes over
+        ``max_request_bytes``, if it is."""
+        limit = self.max_request_bytes
+        if limit is None or size is None or size <= limit:
+            return None
+        message = f"Request exceeds the maximum allowed number of bytes ({size} > {limit})."
+        return ScriptedResponse(413, error_body("request_too_large", message))
 
     def _respond(self, request: RecordedRequest) -> ScriptedResponse:
         """The next scripted answer, or the responder's (with simulated cache usage).
@@ -906,7 +916,10 @@ class MessagesAPIServer:
         an "api_error", as a failure inside the API would.
         """
         request = RecordedRequest("POST", create.path, create.headers, params, custom_id)
-        answer = self._over_limit(params, None) or self._respond(request)
+        size = len(json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode())
+        answer = (
+            self._too_many_bytes(size) or self._over_limit(params, None) or self._respond(request)
+        )
         if answer.reset or answer.truncate_at is not None:
             return {"type": "errored", "error": error_body("api_error", "Internal server error")}
         if answer.status == 200:

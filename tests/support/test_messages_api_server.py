@@ -4,6 +4,7 @@ through the real ``anthropic.AsyncAnthropic`` client over HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -439,6 +440,48 @@ async def test_batch_requests_take_scripted_answers_and_prompt_limits() -> None:
     assert results["r2"].type == "succeeded"
     assert results["r3"].type == "errored"
     assert "prompt is too long" in results["r3"].error.error.message
+
+
+async def test_batch_requests_over_the_context_window_or_a_body_limit_carry_the_apis_errors() -> (
+    None
+):
+    """Each shape the API errors a request of a batch with for its size: a prompt over
+    the window, a prompt and ``max_tokens`` over it, a body over the request limit."""
+    prompt_over = MessagesAPIServer(batch_polls=0, max_prompt_tokens=400)
+    output_over = MessagesAPIServer(batch_polls=0, max_prompt_tokens=600, counts_max_tokens=True)
+    body_over = MessagesAPIServer(batch_polls=0, max_request_bytes=3000)
+    told: list[tuple[str, str]] = []
+    for server, content in (
+        (prompt_over, "z" * 2000),
+        (output_over, "z" * 1800),
+        (body_over, "z" * 3000),
+    ):
+        with server:
+            async with anthropic.AsyncAnthropic(
+                api_key="sk-test", base_url=server.base_url, max_retries=0
+            ) as client:
+                created = await client.messages.batches.create(
+                    requests=batch_requests("short", content)
+                )
+                results = {
+                    r.custom_id: r.result
+                    async for r in await client.messages.batches.results(created.id)
+                }
+        assert results["r1"].type == "succeeded"
+        assert results["r2"].type == "errored"
+        told.append((results["r2"].error.error.type, results["r2"].error.error.message))
+
+    (prompt, output, body) = told
+    assert prompt[0] == "invalid_request_error"
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > 400 maximum", prompt[1])
+    assert output[0] == "invalid_request_error"
+    assert re.fullmatch(
+        r"input length and `max_tokens` exceed context limit: \d+ \+ \d+ > 600, decrease "
+        r"input length or `max_tokens` and try again",
+        output[1],
+    )
+    assert body[0] == "request_too_large"
+    assert body[1].startswith("Request exceeds the maximum allowed number of bytes")
 
 
 async def test_a_batch_body_over_max_batch_bytes_gets_413_and_is_not_made() -> None:
