@@ -92,13 +92,15 @@ def _refusal(outcome: Any) -> str | None:
 def _refused_for(outcomes: Mapping[str, Any]) -> dict[str, str]:
     """When no request of a Message Batch succeeded: each reason its requests were
     refused as invalid for, with one request refused so (the account's or the settings'
-    refusal, or each request's own, which a probe tells)."""
+    refusal, or each request's own, which a probe tells). A prompt over the model's context
+    window is no such reason: it is the request's size, split by the run, and a probe per
+    request refused so (each names its own tokens) was billed for nothing."""
     if any(getattr(o, "type", None) == "succeeded" for o in outcomes.values()):
         return {}
     refused: dict[str, str] = {}
     for custom_id, outcome in outcomes.items():
         reason = _refusal(outcome)
-        if reason is not None:
+        if reason is not None and over_the_context(reason, reason) is None:
             refused.setdefault(reason, custom_id)
     return refused
 
@@ -170,13 +172,16 @@ def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) 
     """The error of a request that did not succeed: one the API refused as invalid (too
     long, malformed) repeats, unless its reason is one of ``refused_all`` (the API
     refused every request so: retried later, no message blamed); an expired, canceled or
-    errored one (overloaded, a server error) may pass. One refused for a prompt over the
-    model's context window (as the Messages API's 400 says it) is a request too large, as
-    it is there, however many were refused so: no refusal of the whole account nor a reason
-    told; it repeats, so a message blamed twice goes alone into the next run (a bulk run
-    neither splits it nor learns a size)."""
+    errored one (overloaded, a server error) may pass. One refused for its size, a prompt
+    over the model's context window (as the Messages API's 400 says it) or a body over a
+    size limit (``request_too_large``, the Messages API's 413), is a request too large, as
+    it is there, however many were refused so: the run sends its messages again smaller
+    and learns the size (:func:`split_again`); a lone message refused so with no entry
+    shown repeats, and is left out."""
     detail = getattr(getattr(outcome, "error", None), "error", None)
     text = redact(f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}", secrets)
+    if getattr(detail, "type", None) == "request_too_large":
+        return RejectedBatchError(text, too_large=True)
     reason = _refusal(outcome)
     over = over_the_context(text, redact(reason, secrets)) if reason is not None else None
     if over is not None:
@@ -186,3 +191,13 @@ def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) 
     if reason is not None:
         text += " (the API refused every request so; retried later, no message blamed)"
     return ExtractionError(text)
+
+
+def split_again(error: ExtractionError, request: Mapping[str, Any]) -> bool:
+    """Whether a kept ``request`` that failed with ``error`` is sent again smaller rather
+    than blamed: refused for its size (over the model's context window, a 413) while it
+    held several messages, or one shown beside known entries, which a request showing
+    none may fit (as the Messages API path extracts a lone message without them)."""
+    if not (isinstance(error, RejectedBatchError) and error.too_large):
+        return False
+    return len(request["messages"]) > 1 or bool(request.get("known"))

@@ -27,6 +27,7 @@ from memvee._bulk.outcomes import (
     _refusal_told,
     _server_error,
     _with_probe,
+    split_again,
 )
 from memvee._secrets import credentials_of
 from memvee.extractors import ClaudeExtractor
@@ -189,14 +190,16 @@ class Recorder:
         """Keep a failed request in its user's log (what it was billed, and whether it
         failed of its own in a way that repeats, or is ``blamed`` for a server error a
         second time: then the next run sends its messages one a request); kept once however
-        many runs collect it. Returns whether this call kept it."""
+        many runs collect it. Returns whether this call kept it. A request refused for its
+        size that the run sends again smaller (:func:`split_again`) pins none of its
+        messages: its size is at fault, not they."""
         return self.keep_failed(
             request["user"],
             self.version,
             list(request["messages"]),
             error,
             self.extractor,
-            error.repeats,
+            error.repeats and not split_again(error, request),
             text=str(error),
             request_id=request_id,
             blamed=blamed,

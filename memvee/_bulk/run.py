@@ -22,6 +22,7 @@ from anthropic.types.messages.batch_create_params import Request
 from sqlalchemy import Connection, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 
+from actors._request_size import LearnedRequestSize
 from events import (
     BatchLimits,
     BatchMessage,
@@ -35,6 +36,7 @@ from events import (
     StorageError,
     UserLog,
     bounded,
+    estimate_tokens,
 )
 from events.errors import ExtractorNotFoundError, first_line
 from memvee._bulk.claims import (
@@ -68,13 +70,19 @@ from memvee._bulk.outcomes import (
     _server_error,
     _short_read,
     _transient,
+    split_again,
 )
 from memvee._bulk.probes import Probes, _refused_whatever_size
 from memvee._bulk.record import Recorder
 from memvee._bulk.report import BulkReport
 from memvee._secrets import credentials_of, redact
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import ProbeResult, api_error, outweighed
+from memvee.extractors._claude import (
+    ProbeResult,
+    api_error,
+    outweighed,
+    weigh_over_the_window,
+)
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, ID_VERSION
 from projections.reader import aware
@@ -171,6 +179,9 @@ class BulkReextraction:
         self.last_tried: dict[str, str] = {}  # when a fallback last sent each user's messages
         self.dropped: dict[str, set[str]] = {}  # messages of kept batches dropped, by user
         self._kept: dict[str, _KeptRow] = {}  # the kept rows a claim decoded, by id
+        self.request_size = LearnedRequestSize()
+        self.shown_weight: dict[str, int] = {}  # what a user's refused request was shown
+        self.again: list[_Planned] = []  # requests refused for size, to submit split
         self.kept_batches = KeptBatches(store, version)
         self.claiming = Claims(store, version)
         self.recorder = Recorder(store, reader, decide, extractor, version, shown, record_failure)
@@ -432,7 +443,8 @@ class BulkReextraction:
             ]
             failed = user_log.failed_reextraction(self.version, events)
             failing = _since_promoted(self.failing.get(user_id, {}), events, self.version)
-            for batch in bounded(todo, self.limits, failed):
+            limits = self.request_size.within(self.limits, self.shown_weight.get(user_id, 0))
+            for batch in bounded(todo, limits, failed):
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
@@ -483,6 +495,8 @@ class BulkReextraction:
                 continue
             report.submitted += len(row["requests"])
             await self._finish(client, row, report)
+            todo.extendleft(reversed(self.again))
+            self.again.clear()
 
     async def _next_chunk(
         self, todo: deque[_Planned], budget: int, report: BulkReport
@@ -746,6 +760,10 @@ class BulkReextraction:
                     continue
                 if entries is None:
                     report.skipped += 1
+                elif isinstance(entries, ExtractionError) and split_again(entries, request):
+                    await self._split_again(
+                        custom_id, request_id, request, entries, report, earlier=earlier
+                    )
                 elif isinstance(entries, ExtractionError):
                     report.failed[request_id] = str(entries)
                     own = entries.repeats or (blamable and _server_error(outcome))
@@ -763,6 +781,74 @@ class BulkReextraction:
             await asyncio.to_thread(self.kept_batches.keep_failed_whole, row)
             return
         await asyncio.to_thread(self.kept_batches.delete, row["local_id"])
+
+    async def _split_again(
+        self,
+        custom_id: str,
+        request_id: str,
+        request: dict[str, Any],
+        refused: ExtractionError,
+        report: BulkReport,
+        *,
+        earlier: bool,
+    ) -> None:
+        """A request of a Message Batch refused for its size (:func:`split_again`): the size
+        is learned (:class:`LearnedRequestSize`, from the API's figures when it names them,
+        as the live path learns it), so the run plans within it from then on, and its
+        messages go again within it, at most half of them a request, or, a lone message,
+        with no entry shown (``report.split``). One an ``earlier`` run kept is not sent
+        again here: its messages are no longer held once its row is deleted, and this run's
+        plan (or that of a run naming its user) takes them, within the size learned."""
+        batch = await asyncio.to_thread(self.recorder.batch, custom_id, request)
+        report.split[request_id] = str(refused)
+        if not batch.messages:  # forgotten meanwhile: nothing to send
+            return
+        shown = sum(estimate_tokens(k.text) for k in batch.known)
+        if len(batch.messages) > 1 and isinstance(refused, RejectedBatchError):
+            params = self.extractor.request(batch)
+            params["max_tokens"] = self.extractor.max_tokens
+            if refused.over_the_window:
+                weigh_over_the_window(refused, params, batch, output_grows=False)
+            self.request_size.too_large(
+                sum(estimate_tokens(m.content) for m in batch.messages),
+                shown,
+                prompt_tokens=refused.prompt_tokens,
+                context_tokens=refused.context_tokens,
+                estimated_tokens=refused.estimated_tokens,
+                fixed_tokens=refused.fixed_tokens,
+            )
+            self.shown_weight[batch.user_id] = shown
+        log.info(
+            "user %r: a bulk request of %d messages was refused for its size (%s); sent "
+            "again split",
+            batch.user_id,
+            len(batch.messages),
+            refused,
+        )
+        if earlier:
+            return
+        at: int | None = request.get("at")
+        if at is None:  # an older memvee's request: planned now
+            at = await asyncio.to_thread(self.store.last_version, batch.user_id)
+        planned = _Planned(
+            batch.user_id,
+            [m.message_id for m in batch.messages],
+            [],
+            at,
+            int(request.get(_FAILING, 0)),
+            request.get(_DIRECT_TRIED),
+        )
+        if len(batch.messages) == 1:
+            self.again.append(planned)
+            return
+        messages = list(batch.messages)
+        half = dict.fromkeys(planned.message_ids, (len(messages) + 1) // 2)
+        limits = self.request_size.within(self.limits, shown)
+        for part in bounded(messages, limits, caps=half):
+            entries, _ = await asyncio.to_thread(self.shown, batch.user_id, part)
+            ids = [m.message_id for m in part]
+            known = [k.entry_id for k in entries]
+            self.again.append(replace(planned, message_ids=ids, known=known))
 
     async def _batches_answer(
         self, client: anthropic.AsyncAnthropic, batch_id: str, missing: anthropic.NotFoundError

@@ -379,7 +379,7 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         except ExtractionError as failed:  # the cut answer's tokens were spent all the same
             failed.usage = (failed.usage or TokenUsage()).plus(spent)
             if isinstance(failed, RejectedBatchError) and failed.over_the_window:
-                _weigh(failed, request, batch)
+                weigh_over_the_window(failed, request, batch)
             if not (settle and isinstance(failed, RejectedBatchError)):
                 raise
             if not _may_be_elsewhere(failed, request, batch, answered=answered):
@@ -1153,19 +1153,28 @@ def over_the_context(text: str, message: str) -> RejectedBatchError | None:
     )
 
 
-def _weigh(refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch) -> None:
+def weigh_over_the_window(
+    refused: RejectedBatchError,
+    request: dict[str, Any],
+    batch: ExtractionBatch,
+    *,
+    output_grows: bool = True,
+) -> None:
     """Set on ``refused``, a refusal of ``request`` (``batch``'s) for a prompt over the
     context window, memvee's estimates of the request's prompt tokens and of the part of
     them every request has (the system prompt, the tool, the turn's text with no message
     or entry), each with the output asked when the window held that too: what the API's
-    count of the excess is weighed against."""
+    count of the excess is weighed against. The output asked is the batch's budget, which
+    ``output_grows`` with its messages past a base; a Message Batches request asks the
+    whole ``max_tokens`` (``output_grows`` False), every request of it."""
     empty = dataclasses.replace(batch, messages=(), known=())
     fixed = {**request, "messages": [{"role": "user", "content": user_turn(empty)}]}
     refused.estimated_tokens = _estimated_prompt(request)
     refused.fixed_tokens = _estimated_prompt(fixed)
     if refused.output_tokens is not None:  # the output asked was over the window too
-        refused.estimated_tokens += refused.output_tokens
-        refused.fixed_tokens += min(refused.output_tokens, _OUTPUT_BASE)
+        output = refused.output_tokens
+        refused.estimated_tokens += output
+        refused.fixed_tokens += min(output, _OUTPUT_BASE) if output_grows else output
 
 
 def _estimated_prompt(request: dict[str, Any]) -> int:

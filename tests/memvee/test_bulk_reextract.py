@@ -71,11 +71,14 @@ from tests.support.messages_api_server import (
     ScriptedResponse,
     default_answer,
     error_body,
+    estimate_tokens,
     fault_when,
     prompt_known_entries,
+    prompt_messages,
     refusal_body,
     tool_use_body,
 )
+from tests.support.verification import differences
 
 USERS = ("ann", "bob")
 LIMITS = BatchLimits(max_messages=4)
@@ -802,6 +805,146 @@ async def test_a_request_too_large_alone_is_split_down_to_the_message_left_out(
         assert [(f.message_ids, f.repeats) for f in failed] == [([huge], True)]
         again = await _run(audit)
         assert (again.submitted, again.recorded, list(again.left_out)) == (0, 0, [huge])
+
+
+def _bulk_params(*contents: str) -> dict[str, Any]:
+    """The ``params`` of one bulk request of ``contents``, as a run sends them."""
+    now = datetime.now(UTC)
+    messages = tuple(BatchMessage(f"m{i}", "user", c, now) for i, c in enumerate(contents))
+    extractor = ClaudeExtractor(max_retries=0)
+    params = extractor.request(ExtractionBatch("cat", "t", messages, ()))
+    return {**params, "max_tokens": extractor.max_tokens}
+
+
+def _over_two_messages(server: MessagesAPIServer, refused_by: str, said: list[str]) -> None:
+    """Make ``server`` refuse a bulk request of more than two of ``said`` for its size,
+    as ``refused_by`` names: a prompt over the model's context window, a prompt and the
+    output asked over it, or a body over the request limit (413)."""
+    two = _bulk_params(*said[:2])
+    if refused_by == "the prompt over the window":
+        server.max_prompt_tokens = estimate_tokens(two) + 50
+    elif refused_by == "the prompt and output over the window":
+        server.max_prompt_tokens = estimate_tokens(two) + two["max_tokens"] + 50
+        server.counts_max_tokens = True
+    else:
+        server.max_request_bytes = len(json.dumps(two, separators=(",", ":")).encode()) + 200
+
+
+@pytest.mark.parametrize(
+    "refused_by",
+    [
+        "the prompt over the window",
+        "the prompt and output over the window",
+        "a body over the request limit",
+    ],
+)
+async def test_a_request_refused_for_its_size_is_split_in_the_same_run_and_its_size_learned(
+    db_url: str, server: MessagesAPIServer, refused_by: str
+) -> None:
+    """A request of a Message Batch comes back errored for its size, as the API errors it
+    (prompt is too long: N tokens > M maximum; input length and `max_tokens` exceed context
+    limit; request_too_large): the run splits it and sends its messages again within the
+    size learned, each covered once, none failed, none pinned to a request of its own nor
+    left out, no probe sent. It used to be failed whole and sent again as it was (a 413), or
+    its messages pinned one a request for the next run (a prompt over the window)."""
+    said = [f"cat says {i}: " + "word " * 400 for i in range(6)]
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for content in said:
+            await memory.add_message("cat", "user", content)
+        await memory.flush("cat")
+    _over_two_messages(server, refused_by, said)
+    with Audit(db_url=db_url) as audit:
+        report = await _run(audit, users=["cat"], limits=BatchLimits(max_messages=6))
+        added = [
+            e.message_id
+            for e in audit.store.events_of("cat")
+            if isinstance(e, UserLog.MessageAdded)
+        ]
+        recorded = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
+        failed = [
+            e for e in audit.store.events_of("cat") if isinstance(e, UserLog.ReextractionFailed)
+        ]
+    assert (report.failed, report.left_out) == ({}, {})
+    assert sorted(recorded) == sorted(added), "each message covered once"
+    assert failed == [], "no message pinned to a request of its own"
+    halvings = 1 if "window" in refused_by else 2  # a 413 names no figures: halved
+    assert len(server.batches) == 1 + halvings and len(report.split) == 2 * halvings - 1
+    sizes = [len(prompt_messages(r["params"])) for r in server.batches[-1]["requests"]]
+    assert sum(sizes) == 6 and max(sizes) <= 2, sizes
+    assert server.requests == [], "no probe through the Messages API"
+    assert differences(db_url) == []
+
+
+async def test_a_message_over_the_context_window_alone_is_left_out_saying_why_its_neighbours_in(
+    db_url: str, server: MessagesAPIServer
+) -> None:
+    """One message is over the model's context window in a request of its own: the run
+    splits down to it and leaves it out of the version, saying the API's words, pinned
+    for good (the next run sends nothing); the messages beside it are each covered once,
+    the same run."""
+    said = [f"cat says {i}: " + "word " * 100 for i in range(5)]
+    huge = "cat says too much: " + "word " * 3000
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for content in [*said[:2], huge, *said[2:]]:
+            await memory.add_message("cat", "user", content)
+        await memory.flush("cat")
+    server.max_prompt_tokens = estimate_tokens(_bulk_params(*said)) + 50
+    with Audit(db_url=db_url) as audit:
+        report = await _run(audit, users=["cat"], limits=BatchLimits(max_messages=6))
+        added = {
+            e.content: e.message_id
+            for e in audit.store.events_of("cat")
+            if isinstance(e, UserLog.MessageAdded)
+        }
+        recorded = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
+        failed = [
+            (e.message_ids, e.repeats)
+            for e in audit.store.events_of("cat")
+            if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        again = await _run(audit, users=["cat"], limits=BatchLimits(max_messages=6))
+    left_out = added[huge]
+    assert list(report.left_out) == [left_out]
+    assert "prompt is too long" in report.left_out[left_out]
+    assert list(report.failed.values()) == [report.left_out[left_out]]
+    assert sorted(recorded) == sorted(set(added.values()) - {left_out})
+    assert failed == [([left_out], True)]
+    assert (again.submitted, list(again.left_out)) == (0, [left_out])
+    assert server.requests == []
+    assert differences(db_url) == []
+
+
+async def test_a_message_over_the_context_window_only_beside_its_entries_goes_in_without_them(
+    db_url: str, server: MessagesAPIServer
+) -> None:
+    """A lone message's request is over the model's context window with the version's
+    entries shown beside it, and fits without them: it is sent again showing none and
+    covered, the same run, not left out of the version as a message that never fits."""
+    said = [f"cat says {i}: " + "word " * 100 for i in range(4)]
+    late = "cat says late: " + "word " * 100
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for content in said:
+            await memory.add_message("cat", "user", content)
+        await memory.flush("cat")
+    with Audit(db_url=db_url) as audit:
+        await _run(audit, users=["cat"])
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        await memory.add_message("cat", "user", late)
+        await memory.flush("cat")
+    server.max_prompt_tokens = estimate_tokens(_bulk_params(late)) + 50
+    with Audit(db_url=db_url) as audit:
+        report = await _run(audit, users=["cat"])
+        (late_id,) = [
+            e.message_id
+            for e in audit.store.events_of("cat")
+            if isinstance(e, UserLog.MessageAdded) and e.content == late
+        ]
+        recorded = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
+    shown, bare = (r["params"] for b in server.batches[-2:] for r in b["requests"])
+    assert prompt_known_entries(shown) and not prompt_known_entries(bare)
+    assert (report.failed, report.left_out, len(report.split)) == ({}, {}, 1)
+    assert recorded.count(late_id) == 1
+    assert differences(db_url) == []
 
 
 async def test_a_request_erroring_every_time_alone_goes_through_the_messages_api(
