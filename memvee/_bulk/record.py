@@ -18,6 +18,7 @@ from events import (
     ExtractionError,
     KnownEntry,
     NotFoundError,
+    RejectedBatchError,
     ReplacedEntry,
     UserLog,
 )
@@ -31,7 +32,7 @@ from memvee._bulk.outcomes import (
 )
 from memvee._secrets import credentials_of
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import ProbeResult
+from memvee.extractors._claude import ProbeResult, outweighed
 from projections import ProjectionReader, ProjectionTables, Projector
 from projections.shown import with_targets
 
@@ -80,6 +81,7 @@ class Recorder:
         that failure is not kept (:meth:`_keep_probe_alone`)."""
         if outcome.type != "succeeded":
             failure = _failure(outcome, credentials_of(self.extractor), refused_all)
+            failure = self._whatever_size(custom_id, request, failure)
             failure.usage = _with_probe(failure.usage, probed)
             blamed = blamable and _server_error(outcome)
             self._keep_failure(request, failure, request_id, probed, blamed=blamed)
@@ -124,6 +126,27 @@ class Recorder:
             log.warning("request %s not recorded: %s", request_id, meanwhile)
             return None
         return count
+
+    def _whatever_size(
+        self, custom_id: str, request: dict[str, Any], failure: ExtractionError
+    ) -> ExtractionError:
+        """``failure``, unless it is a 413 of a lone message's request showing no entry
+        while the message weighs no more than the fixed prompt around it
+        (:func:`outweighed`): then the API or a gateway refuses requests of any size, not
+        the message, and the failure may pass, blaming none (a run of such refusals would
+        split down to every message and leave each out)."""
+        if not isinstance(failure, RejectedBatchError) or not failure.too_large:
+            return failure
+        if failure.over_the_window or split_again(failure, request):
+            return failure
+        batch = self.batch(custom_id, request)
+        if not batch.messages or not outweighed(self.extractor.request(batch), batch):
+            return failure
+        return ExtractionError(
+            f"{failure} (the message weighs no more than the fixed prompt of its request: "
+            "the API or a gateway in front of it refuses requests of any size, not the "
+            "message; retried later, no message blamed)"
+        )
 
     def _keep_failure(
         self,

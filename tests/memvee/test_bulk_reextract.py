@@ -1032,6 +1032,30 @@ async def test_a_batch_body_limit_below_the_fixed_prompt_leaves_no_message_out(
     assert (report.recorded, report.failed, report.left_out) == (6, {}, {})
 
 
+async def test_a_request_body_limit_below_the_fixed_prompt_errors_every_request_leaving_none_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every request of a Message Batch comes back errored with a 413, whatever its size
+    (a body limit below the fixed prompt): the run splits them down to single messages,
+    each weighing no more than the prompt around it, so none is blamed nor left out, and
+    the next run, once requests go through, records them all."""
+    server.max_request_bytes = _request_bytes("x") // 2
+    with Audit(db_url=db) as audit:
+        refused = await _run(audit)
+        failed = [
+            e
+            for user in USERS
+            for e in audit.store.events_of(user)
+            if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        server.max_request_bytes = None
+        report = await _run(audit)
+    assert (refused.recorded, refused.left_out) == (0, {}) and refused.failed
+    assert all("refuses requests of any size" in why for why in refused.failed.values())
+    assert failed == []
+    assert (report.recorded, report.failed, report.left_out) == (6, {}, {})
+
+
 async def test_a_gateway_refusing_every_request_as_too_large_leaves_no_message_out(
     db: str, server: MessagesAPIServer
 ) -> None:
