@@ -22,10 +22,10 @@ class BulkReport:
     batches: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     split: dict[str, str] = field(default_factory=dict)
-    """Requests (by request id, as ``failed``) refused for their size (a prompt over the model's
-    context window, a 413), with why: not failed, their messages sent again split (a lone
-    message with no entry shown), this run, or by the next one for a batch an earlier run
-    kept."""
+    """Requests (by request id, as ``failed``) refused for their size (a prompt over the
+    model's context window, a 413), with why: not failed, their messages sent again within
+    the size learned, split (a lone message: showing no entry), by this run (planned anew
+    for a batch an earlier run kept, when this run names the user)."""
     forgotten: dict[str, str] = field(default_factory=dict)
     """Requests whose user was forgotten while their Message Batch ran: dropped, not
     failed (nothing is left to record them in, nor to send again)."""
