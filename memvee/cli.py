@@ -955,6 +955,10 @@ def _reextract_in_bulk(
     )
     for request_id, error in list(report.failed.items())[:20]:
         console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
+    for request_id, why in list(report.split.items())[:20]:
+        console.print(
+            Text.assemble(("split:", "yellow"), f" {request_id}: {shown(why)}; sent again smaller")
+        )
     for message_id, why in list(report.left_out.items())[:20]:
         console.print(Text.assemble(("left out:", "yellow"), f" {message_id}: {shown(why)}"))
     for user_id, sent in report.direct.items():

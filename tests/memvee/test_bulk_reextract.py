@@ -1002,6 +1002,25 @@ async def test_the_command_line_lists_what_a_bulk_run_left_out(
     assert result.output.count("left out:") == 1 and "Traceback" not in result.output
 
 
+async def test_the_command_line_lists_the_requests_a_bulk_run_split_for_their_size(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Requests the API refused for their size are neither failed nor left out: the run
+    sends their messages again smaller, and the command line lists each one split."""
+    said = [f"dan says {i}: " + "word " * 400 for i in range(6)]
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        for content in said:
+            await memory.add_message("dan", "user", content)
+        await memory.flush("dan")
+    _over_two_messages(server, "the prompt over the window", said)
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--as", "v2", "--db-url", db])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())
+    assert shown.count("split: ") == 1 and "prompt is too long" in shown, result.output
+    assert "0 failed" in result.output and "left out:" not in result.output
+
+
 async def _stopped_leaving_no_message_out(audit: Audit) -> None:
     """Run a bulk re-extraction that must stop as refused whatever the size, and check
     that it recorded no message as failing."""
