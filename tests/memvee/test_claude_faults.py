@@ -164,8 +164,7 @@ async def claude_memory(
         db_path=str(tmp_path / "faults.db"),
         max_batch_messages=4,
         extraction_timeout=10,
-        retry_delay=0.01,
-        retry_delay_max=0.05,
+        **QUICK_RETRIES,
     )
     callspec = getattr(request.node, "callspec", None)
     fault = callspec.params.get("fault") if callspec is not None else None
@@ -232,9 +231,14 @@ async def test_a_fault_loses_nothing_and_blocks_nothing(
         assert runs == 1
 
 
-QUICK_RETRIES: dict[str, Any] = {"retry_delay": 0.01, "retry_delay_max": 0.05}
-"""A Memory's retry delays short enough that a specification's runs follow each other
-at once."""
+QUICK_RETRIES: dict[str, Any] = {
+    "retry_delay": 0.01,
+    "retry_delay_max": 0.05,
+    "breaker_cooldown": 0.05,
+}
+"""A Memory's retry delays and breaker pause short enough that a specification's runs
+follow each other at once (the default pause, 2 s, cost every run after the fifth failure
+in a row that long)."""
 
 
 @contextlib.asynccontextmanager
@@ -463,8 +467,7 @@ async def test_a_model_refusing_every_request_gets_no_message_quarantined_and_al
             monkeypatch,
             tmp_path / "refusing.db",
             max_batch_messages=4,
-            retry_delay=0.01,
-            retry_delay_max=0.05,
+            **QUICK_RETRIES,
         ) as memory:
             for user in users:
                 for i in range(EXCHANGES):
@@ -920,7 +923,7 @@ async def test_users_refused_are_retried_once_a_request_a_crash_left_runs_for_th
         with monkeypatch.context() as crash:  # no shutdown ends the stored request
             crash.setattr(UserActor, "shutdown", lambda actor, reason: None)
             async with _memory_over(
-                server, monkeypatch, db, retry_delay=30, **_REFUSED_SETTINGS
+                server, monkeypatch, db, retry_delay=30, shutdown_grace=0.1, **_REFUSED_SETTINGS
             ) as memory:
                 for user in [*users, "big"]:
                     await memory.add_exchange(user, f"{user} lives in Oslo.", "Nice.")
@@ -1115,8 +1118,7 @@ async def _three_runs_in_an_outage_then_one_after(
             monkeypatch,
             tmp_path / "outage.db",
             extractor,
-            retry_delay=0.01,
-            retry_delay_max=0.05,
+            **QUICK_RETRIES,
         ) as memory:
             for i in range(8):
                 await memory.add_message("ann", "user", f"I like thing {i}.")
@@ -1582,7 +1584,7 @@ async def test_the_failure_that_splits_a_batch_kept_whole_says_only_that_it_spli
     outage = _Outage(fault)
     with MessagesAPIServer(responder=outage) as server:
         async with _memory_over(
-            server, monkeypatch, tmp_path / "fourth.db", retry_delay=0.01
+            server, monkeypatch, tmp_path / "fourth.db", **QUICK_RETRIES
         ) as memory:
             for i in range(8):
                 await memory.add_message("ann", "user", f"I like thing {i}.")
