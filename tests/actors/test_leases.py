@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 import actors.engine as engine_module
 from actors import Engine
 from actors.engine import FOLLOW_SECONDS, LATE_COMMIT_SECONDS
-from actors.lease import LeaseTable
+from actors.lease import LeaseTable, database_now
 from events import EventStore, user_log_id
 from events.errors import ExtractorAccessRefusedError
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessTask
@@ -756,7 +756,28 @@ async def _stall(owner: Memory, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(leases, "renew", unreachable)
     monkeypatch.setattr(leases, "try_acquire", unreachable)
-    await asyncio.sleep(2 * leases.ttl)  # no renewal: the lease expires
+    stalled_at = _expired_leases_at(leases)[0]
+    # A renewal already under way sets its own start plus ``ttl`` at most: past the stall
+    # plus ``ttl`` by the database's clock, with none of the owner's leases live, it is gone.
+    await _until(lambda: _all_expired_after(leases, stalled_at + leases.ttl), 10 * leases.ttl)
+
+
+def _expired_leases_at(leases: LeaseTable) -> tuple[float, bool]:
+    """The database's clock (what a lease's expiry is read by) and whether every lease of
+    ``leases``' owner has expired by it."""
+    t = leases.table
+    with leases.engine.connect() as connection:
+        now = database_now(connection)
+        live = connection.execute(
+            select(t.c.log_id).where(t.c.owner == leases.owner, t.c.expires_at >= now)
+        ).first()
+    return now, live is None
+
+
+def _all_expired_after(leases: LeaseTable, moment: float) -> bool:
+    """Whether the database's clock is past ``moment`` and no lease of the owner is live."""
+    now, expired = _expired_leases_at(leases)
+    return now > moment and expired
 
 
 async def test_a_process_that_takes_a_stalled_owners_user_closes_its_task_and_runs_its_own(
