@@ -41,6 +41,7 @@ __all__ = [
     "MissingCredentialsError",
     "NewerEventError",
     "NotFoundError",
+    "OversizedMessageError",
     "ProbeFailedError",
     "ProcessingError",
     "ProcessingTimeoutError",
@@ -400,6 +401,15 @@ class RejectedBatchError(ExtractionError):
         self.estimated_tokens = estimated_tokens
         self.fixed_tokens = fixed_tokens
         self.output_tokens = output_tokens
+
+
+class OversizedMessageError(RejectedBatchError):
+    """A lone message too large for any request: weighing more than the rest of its
+    request, it was refused for its size with no known entry shown (or the API's figures
+    show it over the context window even so, with the smallest fixed part), while a
+    request without it fits. Sent again it can never fit, so the engine quarantines it at
+    once (no try of ``max_attempts`` can succeed) and goes on with the messages after it;
+    requeued, it is tried again (a limit may have been raised since)."""
 
 
 INPUT_REFUSED_STATUSES = frozenset({400, 413, 422})

@@ -51,6 +51,7 @@ from events.errors import (
     InvalidInputError,
     MemveeError,
     MissingCredentialsError,
+    OversizedMessageError,
     ProbeFailedError,
     RejectedBatchError,
     first_line,
@@ -143,6 +144,12 @@ _ENTRY_PROBES = 12
 """Probes that look for the known entries a refusal is caused by, at most, per batch:
 enough to find one refused entry among 2,048 (a batch shows at most 100), or two among
 30 (see :meth:`ClaudeExtractor._entries_accepted`)."""
+
+_OVER_BY_FIGURES = "the API's figures put it over the context window even with no entry shown"
+"""Why a lone message is too large for any request, when the API's 400 tells it."""
+
+_OVER_BY_PROBE = "refused for its size with no entry shown, a harmless request accepted"
+"""Why a lone message is too large for any request, when a probe tells it."""
 
 _OVERLOADED_STATUSES = frozenset({529})
 """Statuses of an API too busy for any request: never the batch's fault."""
@@ -380,6 +387,8 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             failed.usage = (failed.usage or TokenUsage()).plus(spent)
             if isinstance(failed, RejectedBatchError) and failed.over_the_window:
                 weigh_over_the_window(failed, request, batch)
+                if _never_fits(failed, request, batch):
+                    raise _oversized(failed, batch, _OVER_BY_FIGURES) from failed.__cause__
             if not (settle and isinstance(failed, RejectedBatchError)):
                 raise
             if not _may_be_elsewhere(failed, request, batch, answered=answered):
@@ -400,7 +409,10 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         fault (``refused`` is raised with ``probe_accepted``, for the engine to split
         the batch), unless a lone message's request was refused for its size with known
         entries shown: that message may fit without them, so it is extracted once more
-        without them, and blamed only if refused again (too large for any request).
+        without them, and blamed only if refused again (too large for any request). A
+        lone message refused for its size with no entry shown, weighing more than the
+        rest of the request, can never fit: :class:`OversizedMessageError`, quarantined
+        at once.
         Refused, and the batch shows no known entries, the account, the settings or the
         model are (a credit balance too low, a usage limit, a gateway's body
         limit below the fixed prompt for a 413, a model refusing whatever it is sent): a
@@ -423,6 +435,8 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             if sized_by_entries and len(batch.messages) == 1:  # fits alone, maybe
                 return await self._without_known(batch, refused, spent)
             refused.usage = spent
+            if refused.too_large and _outweighs_the_rest(request, batch):  # no entry shown
+                raise _oversized(refused, batch, _OVER_BY_PROBE) from refused.__cause__
             refused.probe_accepted = True
             raise refused
         if batch.known:
@@ -504,7 +518,9 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         is new), its tokens counted with ``spent``. Refused again, the batch's messages
         are at fault too; unless the request, ``kept`` shown, was refused for its size: then
         the batch is extracted once more showing no entry, as the entries kept fit beside a
-        harmless message but may not beside the batch's."""
+        harmless message but may not beside the batch's. A lone message refused for its
+        size showing no entry is too large for any request, a harmless one being accepted
+        (:class:`OversizedMessageError`, when it outweighs the rest of the request)."""
         left_out = [entry.entry_id for entry in batch.known if entry not in kept]
         _log.warning(
             "the Claude API refuses requests for user %r that show their known entries "
@@ -518,10 +534,15 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             result = await self._extract(dataclasses.replace(batch, known=kept), settle=False)
         except ExtractionError as failed:
             failed.usage = spent.plus(failed.usage or TokenUsage())
+            if isinstance(failed, OversizedMessageError):
+                raise
             if kept and isinstance(failed, RejectedBatchError) and failed.too_large:
                 return await self._without_known(batch, failed, failed.usage)
-            if isinstance(failed, RejectedBatchError):
-                failed.probe_accepted = True
+            if not isinstance(failed, RejectedBatchError):
+                raise
+            if failed.too_large and _outweighs_the_rest(self.request(batch), batch):
+                raise _oversized(failed, batch, _OVER_BY_PROBE) from failed.__cause__
+            failed.probe_accepted = True
             raise
         result = result.spending(result.usage.plus(spent))
         return dataclasses.replace(
@@ -1181,6 +1202,77 @@ def _estimated_prompt(request: dict[str, Any]) -> int:
     """Memvee's estimate of the prompt tokens of ``request`` (its compact JSON as text)."""
     body = json.dumps(request, ensure_ascii=False, separators=(",", ":"), default=str)
     return estimate_tokens(body)
+
+
+def _never_fits(
+    refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch
+) -> bool:
+    """Whether the API's figures in ``refused`` (weighed by :func:`_weigh`) show the lone
+    message of ``batch``, weighing more than the rest of its request
+    (:func:`_outweighs_the_rest`), over the context window even with no known entry shown
+    and the smallest output asked, while the fixed part alone fits (else every request
+    may be refused, for probes to tell). With no entry shown the API's own count of the
+    request says it; with entries, the request without them is memvee's estimate scaled
+    as the request's estimate is to the API's count, a tenth to spare."""
+    prompt, window = refused.prompt_tokens, refused.context_tokens
+    estimated, fixed = refused.estimated_tokens, refused.fixed_tokens
+    if None in (prompt, window, estimated, fixed) or not _outweighs_the_rest(request, batch):
+        return False
+    assert prompt is not None and window is not None and estimated and fixed is not None
+    output = refused.output_tokens
+    smallest_output = 0 if output is None else min(output, _OUTPUT_BASE)
+    if fixed * prompt > window * estimated:  # the fixed part is over too, by the figures
+        return False
+    if not batch.known:
+        return prompt - (output or 0) + smallest_output > window
+    bare = dataclasses.replace(batch, known=())
+    without = {**request, "messages": [{"role": "user", "content": user_turn(bare)}]}
+    alone = (_estimated_prompt(without) + smallest_output) * prompt // estimated
+    return alone - alone // 10 > window
+
+
+def _outweighs_the_rest(request: dict[str, Any], batch: ExtractionBatch) -> bool:
+    """Whether ``batch`` is a lone message that weighs more than the rest of ``request``
+    with no known entry shown (the fixed prompt, the tool), as :func:`outweighed` judges:
+    only such a message, refused for its size where a request without it fits, is taken
+    for too large for any request at once. A refusal for size of a smaller one tells too
+    little against it (an API's or a gateway's passing fault may answer so): it is tried
+    ``max_attempts`` times, as any refusal of a lone message."""
+    if len(batch.messages) != 1:
+        return False
+    bare = dataclasses.replace(batch, known=())
+    alone = {**request, "messages": [{"role": "user", "content": user_turn(bare)}]}
+    return not outweighed(alone, bare)
+
+
+def _oversized(
+    refused: RejectedBatchError, batch: ExtractionBatch, why: str
+) -> OversizedMessageError:
+    """``refused``, the refusal of ``batch``'s lone message for its size, told as a message
+    too large for any request (``why`` says how that is known), logged with its user, task
+    and message: the engine quarantines it at once."""
+    message = batch.messages[0].message_id
+    _log.warning(
+        "the Claude API refuses message %s of user %r (task %s) for its size (%s): %s, so "
+        "it can never fit and is quarantined at once",
+        message,
+        batch.user_id,
+        batch.task_id,
+        _refusal_told(refused),
+        why,
+    )
+    return OversizedMessageError(
+        f"{refused} (the message can never fit a request: {why})",
+        usage=refused.usage,
+        probe_accepted=True,
+        too_large=True,
+        prompt_tokens=refused.prompt_tokens,
+        context_tokens=refused.context_tokens,
+        over_the_window=refused.over_the_window,
+        estimated_tokens=refused.estimated_tokens,
+        fixed_tokens=refused.fixed_tokens,
+        output_tokens=refused.output_tokens,
+    )
 
 
 def _over_the_window(refused: RejectedBatchError) -> bool:

@@ -160,6 +160,7 @@ _RAISED: dict[str, Callable[[], MemveeError]] = {
     ),
     "ProcessingError": lambda: errors.ProcessingError("ann", "task-1", "the API is down"),
     "ProcessingTimeoutError": lambda: errors.ProcessingTimeoutError("waited 30 s"),
+    "OversizedMessageError": lambda: errors.OversizedMessageError("too large", too_large=True),
     "RejectedBatchError": lambda: errors.RejectedBatchError("refused", reason="too long"),
     "RejectedTextError": lambda: errors.RejectedTextError("refused text"),
     "StorageError": lambda: errors.StorageError("could not store 1 events"),

@@ -1841,9 +1841,10 @@ async def test_a_message_over_the_whole_context_is_quarantined_saying_so(
     """A message whose prompt alone is over the context window: refused however it is
     sent, it is quarantined with the API's words for it, as a lone message over a body
     limit (413) is, and the messages beside it are extracted, within the run. The batch
-    of three is split without a probe; each of the three tries alone is probed, then
-    tried once more without the entries shown: 12 requests, 7 refused, 3 probes (it was
-    blamed before its entries were ever left out: 5 refused, 5 probes)."""
+    of three is split without a probe, and the API's figures show the message alone over
+    the window even without the entry shown beside it: it is quarantined at its first try
+    alone, 4 requests, 2 refused, no probe (each of its three tries alone used to be
+    probed, then tried once more without the entries: 12 requests, 7 refused, 3 probes)."""
     with MessagesAPIServer(default_answer, max_prompt_tokens=4_000) as server:
         async with _memory_over(server, monkeypatch, tmp_path / "huge.db") as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
@@ -1854,8 +1855,8 @@ async def test_a_message_over_the_whole_context_is_quarantined_saying_so(
             assert "prompt is too long" in quarantined.error
             assert len(checked_coverage(memory, "ann").covered) == 2
     tokens = [_prompt_tokens(r) for r in server.requests]
-    assert runs == 1 and len(tokens) == 12
-    assert sum(t > 4_000 for t in tokens) == 7 and sum(map(_is_probe, server.requests)) == 3
+    assert runs == 1 and len(tokens) == 4 and quarantined.attempts == 1
+    assert sum(t > 4_000 for t in tokens) == 2 and not any(map(_is_probe, server.requests))
 
 
 async def test_a_users_first_batch_after_a_restart_reserves_only_what_her_few_entries_weigh(
@@ -1925,3 +1926,81 @@ async def test_a_long_lone_message_its_entries_take_over_the_body_limit_is_extra
             assert await memory.quarantined("ann") == []
             assert await memory.buffer("ann") == []
             assert not checked_coverage(memory, "ann").buffered
+
+
+def _refused(server: MessagesAPIServer, requests: list[RecordedRequest]) -> int:
+    """How many of ``requests`` ``server`` refused for their size (over its body limit or
+    its context window)."""
+    refused = 0
+    for request in requests:
+        size = len(json.dumps(request.body, separators=(",", ":")).encode())
+        window = server.max_prompt_tokens
+        over_window = window is not None and _prompt_tokens(request) > window
+        limit = server.max_request_bytes
+        refused += over_window or (limit is not None and size > limit)
+    return refused
+
+
+async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined_at_its_first_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ann, with no known entry, sends a message too large for the body limit on its own:
+    its lone request is refused (413) and the same request with a harmless message in
+    place of it is accepted, so the message can never fit any request. It is quarantined
+    at once, saying why, its neighbours extracted within the run: 5 requests, 2 refused,
+    1 probe (it used to be tried alone three times, each refused and probed: 9 requests,
+    4 refused, 3 probes)."""
+    caplog.set_level(logging.WARNING)
+    with MessagesAPIServer(default_answer, max_request_bytes=12_000) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "huge.db") as memory:
+            await memory.add_message("ann", "assistant", "How was your day?")
+            await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_200)
+            await memory.add_message("ann", "assistant", "What a story!")
+            runs = await _run_until_settled(memory, "ann")
+            [quarantined] = await memory.quarantined("ann")
+            print(
+                "Q413",
+                quarantined.attempts,
+                len(server.requests),
+                _refused(server, server.requests),
+                sum(map(_is_probe, server.requests)),
+            )
+            assert "413" in quarantined.error and "can never fit" in quarantined.error
+            assert quarantined.attempts == 1
+            found = checked_coverage(memory, "ann")
+            assert len(found.covered) == 2 and not found.buffered
+    requests = server.requests
+    assert runs == 1
+    assert (len(requests), _refused(server, requests), sum(map(_is_probe, requests))) == (5, 2, 1)
+    assert any(
+        "can never fit" in r.getMessage() and quarantined.message_id in r.getMessage()
+        for r in caplog.records
+    ), "the quarantine is logged with the message it took"
+
+
+async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_without_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ann's entries are shown beside her message whose prompt is over the context window
+    on its own: the API's 400 names its tokens and the window's, by which the message
+    cannot fit even with no entry and the smallest fixed part. It is quarantined at its
+    first try alone, without a probe or a try without the entries (each of its three
+    tries used to be probed and tried once more without the entries: 12 requests, 7
+    refused, 3 probes), and no task is left open."""
+    with MessagesAPIServer(default_answer, max_prompt_tokens=4_000) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "huge.db") as memory:
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            await memory.process("ann")
+            first = len(server.requests)
+            await memory.add_message("ann", "user", "I work as a nurse.")
+            await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_200)
+            await memory.add_message("ann", "user", "I have a cat.")
+            runs = await _run_until_settled(memory, "ann")
+            [quarantined] = await memory.quarantined("ann")
+            assert "prompt is too long" in quarantined.error
+            found = checked_coverage(memory, "ann")
+            assert len(found.covered) == 3 and not found.buffered
+            assert all(t.done for t in await memory.tasks("ann")), "no task is left open"
+    requests = server.requests[first:]
+    assert runs == 1 and not any(map(_is_probe, requests))
+    assert (len(requests), _refused(server, requests)) == (4, 2)

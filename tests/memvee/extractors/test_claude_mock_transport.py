@@ -29,6 +29,7 @@ from events.errors import (
     ExtractorOverloadedError,
     InvalidExtractionError,
     InvalidInputError,
+    OversizedMessageError,
     ProbeFailedError,
     RejectedBatchError,
 )
@@ -1449,3 +1450,85 @@ async def test_a_400_quoting_the_users_text_that_says_the_prompt_is_too_long_is_
     assert not refused.too_large and not refused.over_the_window
     assert (refused.prompt_tokens, refused.context_tokens) == (None, None)
     assert refused.reason == f"HTTP 400 invalid_request_error: {message}"
+
+
+LONG_MESSAGE = BatchMessage("msg-long", "user", "I once wrote a long story. " * 1_600, T0)
+"""A message of some 11,000 tokens by memvee's estimate."""
+
+MANY_KNOWN = tuple(
+    KnownEntry(f"e-{i}", f"User likes thing {i} " + "and many words more " * 30, T_KNOWN)
+    for i in range(40)
+)
+"""Entries weighing some 6,000 tokens in all."""
+
+
+@pytest.mark.parametrize("known", [(), KNOWN], ids=["no entry shown", "entries shown"])
+async def test_a_lone_message_the_windows_figures_put_over_even_alone_is_oversized_at_once(
+    claude: Make, caplog: pytest.LogCaptureFixture, known: tuple[KnownEntry, ...]
+) -> None:
+    """The API's 400 names the prompt's tokens and the window's. Weighed against memvee's
+    estimate of the request, they put the lone message over the window even with no
+    entry shown and the smallest output, while the fixed part fits: no request can take
+    it, so it is an OversizedMessageError at once, with no probe and no try without the
+    entries (each of which the API would refuse), logged with its user, task and id."""
+    lone = replace(KNOWN_BATCH, messages=(LONG_MESSAGE,), known=known)
+    too_long = "prompt is too long: 24000 tokens > 8000 maximum"
+    api = FakeAPI(fail(400, "invalid_request_error", too_long), ok())
+    with (
+        caplog.at_level(logging.WARNING, logger="memvee.extractors"),
+        pytest.raises(OversizedMessageError, match="can never fit") as caught,
+    ):
+        await claude(api, max_retries=0).extract(lone)
+    assert caught.value.too_large and caught.value.probe_accepted and caught.value.repeats
+    assert (caught.value.prompt_tokens, caught.value.context_tokens) == (24000, 8000)
+    assert len(api.requests) == 1
+    [warning] = caplog.records
+    told = warning.getMessage()
+    assert "msg-long" in told and "'u1'" in told and "t2" in told and "24000" in told
+
+
+async def test_a_lone_message_over_the_window_only_beside_its_entries_is_not_oversized(
+    claude: Make,
+) -> None:
+    """The figures put the request over the window, but the message without its many
+    entries within it: it may fit, so the entries are probed and the message extracted
+    without them, never taken for too large for any request."""
+    message = BatchMessage("msg-1", "user", "I moved to Oslo. " * 400, T0)
+    batch = replace(KNOWN_BATCH, messages=(message,), known=MANY_KNOWN)
+    too_long = "prompt is too long: 10000 tokens > 8000 maximum"
+    api = FakeAPI(fail(400, "invalid_request_error", too_long), ok(), ok())
+    result = await claude(api, max_retries=0).extract(batch)
+    assert result.notes["known_entries_left_out"] == ",".join(e.entry_id for e in MANY_KNOWN)
+    assert len(api.requests) == 3
+
+
+async def test_figures_that_put_the_fixed_part_over_the_window_too_blame_no_message(
+    claude: Make,
+) -> None:
+    """The figures put even the part of the request every request has over the window:
+    every request may be refused, which a probe tells, not the message's size."""
+    lone = replace(BATCH, messages=(LONG_MESSAGE,))
+    too_long = "prompt is too long: 24000 tokens > 1000 maximum"
+    api = FakeAPI(fail(400, "invalid_request_error", too_long))
+    with pytest.raises(EveryRequestRefusedError):
+        await claude(api, max_retries=0).extract(lone)
+    assert len(api.requests) == 2, "the batch, then the probe"
+
+
+@pytest.mark.parametrize(
+    ("known", "requests"), [((), 2), (KNOWN, 3)], ids=["no entry shown", "entries shown"]
+)
+async def test_a_lone_message_over_the_body_limit_with_no_entry_shown_is_oversized(
+    claude: Make, known: tuple[KnownEntry, ...], requests: int
+) -> None:
+    """A 413 names no figures: the lone message's request is refused, the same request
+    with a harmless message in place of it accepted, and (with entries shown) the message
+    refused again without them. No request can take it: an OversizedMessageError, which
+    the engine quarantines at once instead of after ``max_attempts`` tries alike."""
+    lone = replace(KNOWN_BATCH, messages=(LONG_MESSAGE,), known=known)
+    too_large = fail(413, "request_too_large", "Request too large")
+    api = FakeAPI(too_large, ok(), too_large)
+    with pytest.raises(OversizedMessageError, match="HTTP 413") as caught:
+        await claude(api, max_retries=0).extract(lone)
+    assert caught.value.too_large and caught.value.probe_accepted
+    assert len(api.requests) == requests
