@@ -42,6 +42,7 @@ from events import (
     BatchLimits,
     BatchMessage,
     ConflictError,
+    ExtractedFact,
     ExtractionBatch,
     ExtractionError,
     ExtractionResult,
@@ -74,7 +75,7 @@ from events.errors import (
     repeats,
 )
 from events.user_log import LIVE_KNOWLEDGE, WHOLE_FAILURES_IN_A_ROW
-from projections.shown import MAX_KNOWN_ENTRIES, expected_shown
+from projections.shown import MAX_KNOWN_ENTRIES, expected_shown, shown_budget
 
 __all__ = ["FAULT_REASON", "FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
 
@@ -118,6 +119,9 @@ NewMessages = Sequence[tuple[str, str, datetime | None, str | None]]
 _NONE_KNOWN: tuple[KnownEntry, ...] = ()
 """Shared by every actor with no batch: an empty frozenset of its own is one more object
 per live user for the collector to walk."""
+
+_ADDING_ENTRIES = frozenset({"new", "update"})
+"""The actions of a fact that add a current entry to those a later batch is shown."""
 
 Appended = Sequence[Any]
 """The events an append committed, in log order: its messages' ``MessageAdded`` among
@@ -351,6 +355,18 @@ class UserActor(PooledActor):
             return 0
         entries = max(1, user_log.knowledge_count)
         return expected_shown(self._services.settings.limits.max_tokens, entries)
+
+    def _shown_after(self, facts: tuple[ExtractedFact, ...]) -> int:
+        """What the entries shown beside this user's next batch may weigh once the running
+        batch's ``facts`` are recorded: those it was shown, and the entries its facts add
+        (new ones, updates), at most the share of a batch entries are given (unless those
+        shown weighed more already). Planned with what the running batch was shown, the
+        next batch of a task met a learned request size with the entries this one added
+        beside it, and drew a refusal (a 413) for their weight."""
+        shown = sum(estimate_tokens(entry.text) for entry in self._batch_known)
+        added = sum(estimate_tokens(f.text) for f in facts if f.action in _ADDING_ENTRIES)
+        most = shown_budget(self._services.settings.limits.max_tokens)
+        return max(shown, min(shown + added, most))
 
     def _log_quarantined(
         self, quarantined: list[str], error: str, *, never_fits: bool = False
@@ -1139,6 +1155,7 @@ class UserActor(PooledActor):
             }
             if ended:
                 raise _KnowledgeReplaced(f"no longer current: {', '.join(sorted(ended))}")
+        self._shown_tokens = self._shown_after(result.facts)
         return user_log.record_knowledge(
             task_id,
             result.facts,

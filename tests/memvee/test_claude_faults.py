@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from actors import Engine
-from memvee import Memory, MemoryConfig, ProcessingError
+from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
 from memvee.audit import Audit
 from memvee.extractors import ClaudeExtractor
 from tests.support.coverage import checked_coverage
@@ -2004,3 +2004,36 @@ async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_
     requests = server.requests[first:]
     assert runs == 1 and not any(map(_is_probe, requests))
     assert (len(requests), _refused(server, requests)) == (4, 2)
+
+
+async def test_a_users_entries_grown_by_a_tasks_first_batch_are_planned_beside_its_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob's backlog teaches the body limit (one 413). Ann, with no entry yet, sends a
+    backlog of two batches in one task: the first batch's facts are shown beside the
+    second, whose plan leaves them room: her backlog takes six requests, none refused. It
+    was planned as if she still had none: 22 messages beside her 12 new entries drew a
+    413, whose split taught a size so small that her backlog took 21 requests."""
+    limit = 13_600
+    story = "I walked along the river and watched the boats go by. " * 8
+    fill = "with my old friends from school"
+    with MessagesAPIServer(_nothing_learned, max_request_bytes=limit) as server:
+        db = tmp_path / "growing.db"
+        async with _memory_over(server, monkeypatch, db, extraction_timeout=30) as memory:
+            for i in range(50):
+                await memory.add_exchange("bob", f"Day {i}: {story}", "ok")
+            await memory.process("bob")
+            server.set_responder(default_answer)
+            anns_first = len(server.requests)
+            for i in range(40):
+                await memory.add_exchange("ann", f"Fact {i}: I went to place {i} {fill}", story)
+            await memory.process("ann")
+            assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
+            assert len(checked_coverage(memory, "ann").covered) == 80
+            assert [t.status for t in await memory.tasks("ann")] == [ProcessStatus.COMPLETED]
+    sizes = [len(json.dumps(r.body, separators=(",", ":"))) for r in server.requests]
+    assert sum(size > limit for size in sizes[:anns_first]) == 1, "Bob's backlog taught it"
+    anns = server.requests[anns_first:]
+    assert [len(r.known) for r in anns][:2] == [0, 12], "her second batch shows the first's"
+    assert sum(size > limit for size in sizes[anns_first:]) == 0, "planned beside her entries"
+    assert len(anns) <= 6, "six requests, none refused"
