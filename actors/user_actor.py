@@ -335,7 +335,8 @@ class UserActor(PooledActor):
         """The batch limits a batch of this user is planned by: the configured ones, their
         tokens lowered while the API is learned to take fewer (a 413, a prompt over the
         context window), less what the entries shown beside this user's last batch weighed
-        (before this actor ran one, what they may weigh: see :meth:`_most_shown`)."""
+        with those its facts added (:meth:`_shown_after`; before this actor ran one, what
+        they may weigh: see :meth:`_most_shown`)."""
         shown = self._shown_tokens
         return self._services.request_size.within(
             self._services.settings.limits, self._most_shown() if shown is None else shown

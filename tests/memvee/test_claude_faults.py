@@ -39,6 +39,7 @@ from tests.support.messages_api_server import (
     tool_use_body,
     truncated_tool_body,
 )
+from tests.support.verification import differences
 
 MARK = "MARKED"
 EXCHANGES = 6
@@ -1942,7 +1943,7 @@ def _refused(server: MessagesAPIServer, requests: list[RecordedRequest]) -> int:
 
 
 async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined_at_its_first_try(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, db_url: str
 ) -> None:
     """Ann, with no known entry, sends a message too large for the body limit on its own:
     its lone request is refused (413) and the same request with a harmless message in
@@ -1952,7 +1953,7 @@ async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined
     4 refused, 3 probes)."""
     caplog.set_level(logging.WARNING)
     with MessagesAPIServer(default_answer, max_request_bytes=12_000) as server:
-        async with _memory_over(server, monkeypatch, tmp_path / "huge.db") as memory:
+        async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
             await memory.add_message("ann", "assistant", "How was your day?")
             await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_200)
             await memory.add_message("ann", "assistant", "What a story!")
@@ -1969,6 +1970,8 @@ async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined
             assert quarantined.attempts == 1
             found = checked_coverage(memory, "ann")
             assert len(found.covered) == 2 and not found.buffered
+            assert all(t.done for t in await memory.tasks("ann")), "no task is left open"
+    assert differences(db_url) == [], "the projections equal a rebuild"
     requests = server.requests
     assert runs == 1
     assert (len(requests), _refused(server, requests), sum(map(_is_probe, requests))) == (5, 2, 1)
@@ -1979,7 +1982,7 @@ async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined
 
 
 async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_without_probes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
 ) -> None:
     """Ann's entries are shown beside her message whose prompt is over the context window
     on its own: the API's 400 names its tokens and the window's, by which the message
@@ -1988,7 +1991,7 @@ async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_
     tries used to be probed and tried once more without the entries: 12 requests, 7
     refused, 3 probes), and no task is left open."""
     with MessagesAPIServer(default_answer, max_prompt_tokens=4_000) as server:
-        async with _memory_over(server, monkeypatch, tmp_path / "huge.db") as memory:
+        async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
             await memory.process("ann")
             first = len(server.requests)
@@ -2001,13 +2004,14 @@ async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_
             found = checked_coverage(memory, "ann")
             assert len(found.covered) == 3 and not found.buffered
             assert all(t.done for t in await memory.tasks("ann")), "no task is left open"
+    assert differences(db_url) == [], "the projections equal a rebuild"
     requests = server.requests[first:]
     assert runs == 1 and not any(map(_is_probe, requests))
     assert (len(requests), _refused(server, requests)) == (4, 2)
 
 
 async def test_a_users_entries_grown_by_a_tasks_first_batch_are_planned_beside_its_second(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
 ) -> None:
     """Bob's backlog teaches the body limit (one 413). Ann, with no entry yet, sends a
     backlog of two batches in one task: the first batch's facts are shown beside the
@@ -2019,7 +2023,9 @@ async def test_a_users_entries_grown_by_a_tasks_first_batch_are_planned_beside_i
     fill = "with my old friends from school"
     with MessagesAPIServer(_nothing_learned, max_request_bytes=limit) as server:
         db = tmp_path / "growing.db"
-        async with _memory_over(server, monkeypatch, db, extraction_timeout=30) as memory:
+        async with _memory_over(
+            server, monkeypatch, db, db_url=db_url, extraction_timeout=30
+        ) as memory:
             for i in range(50):
                 await memory.add_exchange("bob", f"Day {i}: {story}", "ok")
             await memory.process("bob")
@@ -2031,6 +2037,7 @@ async def test_a_users_entries_grown_by_a_tasks_first_batch_are_planned_beside_i
             assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
             assert len(checked_coverage(memory, "ann").covered) == 80
             assert [t.status for t in await memory.tasks("ann")] == [ProcessStatus.COMPLETED]
+    assert differences(db_url) == [], "the projections equal a rebuild"
     sizes = [len(json.dumps(r.body, separators=(",", ":"))) for r in server.requests]
     assert sum(size > limit for size in sizes[:anns_first]) == 1, "Bob's backlog taught it"
     anns = server.requests[anns_first:]
