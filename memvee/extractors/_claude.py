@@ -1207,8 +1207,9 @@ def _estimated_prompt(request: dict[str, Any]) -> int:
 def _never_fits(
     refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch
 ) -> bool:
-    """Whether the API's figures in ``refused`` (weighed by :func:`_weigh`) show the lone
-    message of ``batch``, weighing more than the rest of its request
+    """Whether the API's figures in ``refused`` (weighed by
+    :func:`weigh_over_the_window`) show the lone message of ``batch``, weighing more than
+    the rest of its request
     (:func:`_outweighs_the_rest`), over the context window even with no known entry shown
     and the smallest output asked, while the fixed part alone fits (else every request
     may be refused, for probes to tell). With no entry shown the API's own count of the
