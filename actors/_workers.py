@@ -743,12 +743,7 @@ def _refused_alone(failure: Exception, batch: ExtractionBatch) -> ExtractionErro
             reason=refusal.reason,
             probe_accepted=True,
             too_large=refusal.too_large,
-            prompt_tokens=refusal.prompt_tokens,
-            context_tokens=refusal.context_tokens,
-            over_the_window=refusal.over_the_window,
-            estimated_tokens=refusal.estimated_tokens,
-            fixed_tokens=refusal.fixed_tokens,
-            output_tokens=refusal.output_tokens,
+            **refusal.size_figures(),
         )
     return ProbeFailedError(
         f"{told} was accepted: the batch's messages or the known entries shown are refused; "

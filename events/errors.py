@@ -402,6 +402,19 @@ class RejectedBatchError(ExtractionError):
         self.fixed_tokens = fixed_tokens
         self.output_tokens = output_tokens
 
+    def size_figures(self) -> dict[str, Any]:
+        """What the API and memvee told of the refused request's size, as keyword
+        arguments: an error standing for this refusal (a probe's verdict, a message
+        oversized) carries them on."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "context_tokens": self.context_tokens,
+            "over_the_window": self.over_the_window,
+            "estimated_tokens": self.estimated_tokens,
+            "fixed_tokens": self.fixed_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
 
 class OversizedMessageError(RejectedBatchError):
     """A lone message too large for any request: weighing more than the rest of its

@@ -1267,12 +1267,7 @@ def _oversized(
         usage=refused.usage,
         probe_accepted=True,
         too_large=True,
-        prompt_tokens=refused.prompt_tokens,
-        context_tokens=refused.context_tokens,
-        over_the_window=refused.over_the_window,
-        estimated_tokens=refused.estimated_tokens,
-        fixed_tokens=refused.fixed_tokens,
-        output_tokens=refused.output_tokens,
+        **refused.size_figures(),
     )
 
 
