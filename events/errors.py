@@ -368,6 +368,9 @@ class RejectedBatchError(ExtractionError):
     which the API's figures are turned into memvee's count (the two may differ twofold).
     ``output_tokens``: the ``max_tokens`` asked, when the window refused the prompt with
     it (``prompt_tokens`` then counts both), None when the prompt alone was over.
+    ``smaller_output``: set by whoever judged that only the output asked overflowed the
+    window, the smaller ``max_tokens`` the same input fits it with (the bulk path sends a
+    lone message's request again asking that, as a live call would, before blaming it).
 
     ``probe_accepted`` says the extractor settled that itself: the API accepted the same
     request with a harmless message in place of the batch's, so the batch is at fault
@@ -390,6 +393,7 @@ class RejectedBatchError(ExtractionError):
         estimated_tokens: int | None = None,
         fixed_tokens: int | None = None,
         output_tokens: int | None = None,
+        smaller_output: int | None = None,
     ) -> None:
         super().__init__(message, usage=usage)
         self.reason = reason
@@ -401,6 +405,7 @@ class RejectedBatchError(ExtractionError):
         self.estimated_tokens = estimated_tokens
         self.fixed_tokens = fixed_tokens
         self.output_tokens = output_tokens
+        self.smaller_output = smaller_output
 
     def size_figures(self) -> dict[str, Any]:
         """What the API and memvee told of the refused request's size, as keyword

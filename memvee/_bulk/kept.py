@@ -47,6 +47,10 @@ user's messages (ISO 8601, the database's clock, noted before the first call:
 tried first. A request without it (of a user never tried, or one an older memvee planned
 again: it rebuilds requests from its own fields, dropping the note) goes first."""
 
+_OUTPUT = "max_tokens"
+"""The key of a kept request that asked less output than the extractor's whole
+``max_tokens`` (:attr:`_Planned.max_tokens`); older memvees ignore it and ask the whole."""
+
 _PROBE = "probe"
 """The key of a probe row's one entry: a probe Message Batch not canceled yet, not a
 request (:meth:`probes.Probes.probe_batches`)."""
@@ -74,6 +78,10 @@ class _Planned:
     """When the Messages API fallback last sent this user's messages (kept as
     :data:`_DIRECT_TRIED`), ``None`` if never: the fallback reaches users least lately
     tried first."""
+    max_tokens: int | None = None
+    """The output asked, when less than the extractor's whole ``max_tokens`` (kept as
+    :data:`_OUTPUT`): a lone message whose request the model's context window refused only
+    for the output asked beside it goes again asking the live path's output budget."""
 
     def to_json(self) -> dict[str, Any]:
         kept: dict[str, Any] = {
@@ -86,6 +94,8 @@ class _Planned:
             kept[_FAILING] = self.failing
         if self.tried is not None:
             kept[_DIRECT_TRIED] = self.tried
+        if self.max_tokens is not None:
+            kept[_OUTPUT] = self.max_tokens
         return kept
 
 

@@ -197,7 +197,42 @@ def split_again(error: ExtractionError, request: Mapping[str, Any]) -> bool:
     """Whether a kept ``request`` that failed with ``error`` is sent again smaller rather
     than blamed: refused for its size (over the model's context window, a 413) while it
     held several messages, or one shown beside known entries, which a request showing
-    none may fit (as the Messages API path extracts a lone message without them)."""
+    none may fit (as the Messages API path extracts a lone message without them), or one
+    whose input fits the window with a smaller output asked (``smaller_output``, set by
+    :meth:`Recorder.record`: a live call asks its output budget, not the whole
+    ``max_tokens`` a Message Batches request asks)."""
     if not (isinstance(error, RejectedBatchError) and error.too_large):
         return False
+    if error.smaller_output is not None:
+        return True
     return len(request["messages"]) > 1 or bool(request.get("known"))
+
+
+def smaller_output(refused: RejectedBatchError, budget: int) -> int | None:
+    """``budget``, the output a live call asks, when the model's context window refused
+    ``refused`` for the output asked beside its input (its figures name both: "input
+    length and max_tokens exceed context limit"), ``budget`` is less, and the input
+    leaves the window room for it (the API's own count of the input, exact: the same
+    request asking less is the same input); ``None`` otherwise."""
+    prompt, window, output = refused.prompt_tokens, refused.context_tokens, refused.output_tokens
+    if prompt is None or window is None or output is None or budget >= output:
+        return None
+    return budget if prompt - output + budget <= window else None
+
+
+def fixed_fills_the_window(refused: RejectedBatchError, output: int) -> bool:
+    """Whether the part of the prompt every request has (``fixed_tokens``, as
+    :func:`weigh_over_the_window` estimates it), scaled to the API's count as the request's
+    estimate is to the API's count of it, with ``output`` asked when the window counted
+    the output too, reaches the model's context window: then no request fits, whatever
+    message it carries, and a refusal over the window blames none."""
+    prompt, window = refused.prompt_tokens, refused.context_tokens
+    estimated, fixed = refused.estimated_tokens, refused.fixed_tokens
+    if prompt is None or window is None or estimated is None or fixed is None:
+        return False
+    asked = refused.output_tokens or 0  # the figures count it in both, estimates too
+    given, estimated_input, fixed_input = prompt - asked, estimated - asked, fixed - asked
+    if estimated_input <= 0:
+        return False
+    extra = output if refused.output_tokens is not None else 0
+    return fixed_input * given + extra * estimated_input >= window * estimated_input

@@ -22,17 +22,20 @@ from events import (
     ReplacedEntry,
     UserLog,
 )
+from memvee._bulk.kept import _OUTPUT
 from memvee._bulk.outcomes import (
     _failure,
     _probe_verdict,
     _refusal_told,
     _server_error,
     _with_probe,
+    fixed_fills_the_window,
+    smaller_output,
     split_again,
 )
 from memvee._secrets import credentials_of
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import ProbeResult, outweighed
+from memvee.extractors._claude import ProbeResult, outweighed, weigh_over_the_window
 from projections import ProjectionReader, ProjectionTables, Projector
 from projections.shown import with_targets
 
@@ -88,9 +91,8 @@ class Recorder:
             return failure
         batch = self.batch(custom_id, request)
         try:
-            result = self.extractor.read_answer(
-                batch, outcome.message, budget=self.extractor.max_tokens
-            )
+            asked = int(request.get(_OUTPUT) or self.extractor.max_tokens)
+            result = self.extractor.read_answer(batch, outcome.message, budget=asked)
         except ExtractionError as read:
             error = _refusal_told(read, outcome, model_refusal)
             error.usage = _with_probe(error.usage, probed)
@@ -130,23 +132,57 @@ class Recorder:
     def _whatever_size(
         self, custom_id: str, request: dict[str, Any], failure: ExtractionError
     ) -> ExtractionError:
-        """``failure``, unless it is a 413 of a lone message's request showing no entry
-        while the message weighs no more than the fixed prompt around it
-        (:func:`outweighed`): then the API or a gateway refuses requests of any size, not
-        the message, and the failure may pass, blaming none (a run of such refusals would
-        split down to every message and leave each out)."""
+        """``failure``, judged when it is a refusal for size (a 413, a prompt over the
+        model's context window) of a lone message's request showing no entry. Over the
+        window for the output asked beside an input that leaves room for the live path's
+        output budget: ``smaller_output`` set, for the run to send it again asking that
+        (:func:`split_again`). A failure that may pass, blaming none, when no request of
+        any message fits: the fixed prompt with the smallest output asked fills the window
+        (:func:`fixed_fills_the_window`), or the message weighs no more than the fixed
+        prompt around it (:func:`outweighed`: the API or a gateway refuses requests of any
+        size); a run of such refusals would split down to every message and leave each
+        out. Otherwise the message is too large for any request alone, and left out."""
         if not isinstance(failure, RejectedBatchError) or not failure.too_large:
             return failure
-        if failure.over_the_window or split_again(failure, request):
+        if split_again(failure, request):
             return failure
         batch = self.batch(custom_id, request)
-        if not batch.messages or not outweighed(self.extractor.request(batch), batch):
+        if not batch.messages:
             return failure
-        return ExtractionError(
-            f"{failure} (the message weighs no more than the fixed prompt of its request: "
-            "the API or a gateway in front of it refuses requests of any size, not the "
-            "message; retried later, no message blamed)"
-        )
+        asked = int(request.get(_OUTPUT) or self.extractor.max_tokens)
+        params = {**self.extractor.request(batch), "max_tokens": asked}
+        budget = self.extractor.output_budget(batch)
+        if failure.over_the_window:
+            weigh_over_the_window(failure, params, batch, output_grows=False)
+            failure.smaller_output = smaller_output(failure, budget)
+            if failure.smaller_output is not None:
+                return failure
+            if fixed_fills_the_window(failure, min(asked, budget)):
+                return ExtractionError(
+                    f"{failure} (the fixed prompt of its request with the output asked "
+                    "fills the model's context window: no request fits, whatever its "
+                    "message; retried later, no message blamed)"
+                )
+        if outweighed(params, batch):
+            whose = (
+                "the model's context window is too small for any request"
+                if failure.over_the_window
+                else "the API or a gateway in front of it refuses requests of any size"
+            )
+            return ExtractionError(
+                f"{failure} (the message weighs no more than the fixed prompt of its "
+                f"request: {whose}, not the message; retried later, no message blamed)"
+            )
+        if failure.over_the_window and failure.output_tokens is not None:
+            return RejectedBatchError(
+                f"{failure} (the message is over the window alone: its input with the "
+                f"{budget} output tokens a live call asks does not fit either)",
+                usage=failure.usage,
+                reason=failure.reason,
+                too_large=True,
+                **failure.size_figures(),
+            )
+        return failure
 
     def _keep_failure(
         self,

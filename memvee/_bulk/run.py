@@ -528,7 +528,8 @@ class BulkReextraction:
         create body, measured as the SDK encodes it (compact JSON, UTF-8)."""
         batch = self.recorder.batch("planned", planned.to_json())
         params = cast(MessageCreateParamsNonStreaming, self.extractor.request(batch))
-        params["max_tokens"] = self.extractor.max_tokens  # billed only as generated
+        # billed only as generated; less only where the context window asked for less
+        params["max_tokens"] = planned.max_tokens or self.extractor.max_tokens
         encoded = json.dumps(params, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         return _Built(planned, params, len(encoded.encode()) + _REQUEST_OVERHEAD)
 
@@ -837,6 +838,7 @@ class BulkReextraction:
             at,
             int(request.get(_FAILING, 0)),
             request.get(_DIRECT_TRIED),
+            refused.smaller_output if isinstance(refused, RejectedBatchError) else None,
         )
         if len(batch.messages) == 1:
             self.again.append(planned)

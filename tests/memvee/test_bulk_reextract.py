@@ -875,20 +875,23 @@ async def test_a_request_refused_for_its_size_is_split_in_the_same_run_and_its_s
     assert differences(db_url) == []
 
 
+@pytest.mark.parametrize("window_counts", ["the prompt", "the prompt and the output asked"])
 async def test_a_message_over_the_context_window_alone_is_left_out_saying_why_its_neighbours_in(
-    db_url: str, server: MessagesAPIServer
+    db_url: str, server: MessagesAPIServer, window_counts: str
 ) -> None:
-    """One message is over the model's context window in a request of its own: the run
-    splits down to it and leaves it out of the version, saying the API's words, pinned
-    for good (the next run sends nothing); the messages beside it are each covered once,
-    the same run."""
+    """One message is over the model's context window in a request of its own (with the
+    output a live call asks, when the window counts the output): the run splits down to
+    it and leaves it out of the version, saying the API's words, pinned for good (the next
+    run sends nothing); the messages beside it are each covered once, the same run."""
     said = [f"cat says {i}: " + "word " * 100 for i in range(5)]
-    huge = "cat says too much: " + "word " * 3000
+    output = _bulk_params()["max_tokens"] if window_counts != "the prompt" else 0
+    huge = "cat says too much: " + "word " * (5600 if output else 3000)
     async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
         for content in [*said[:2], huge, *said[2:]]:
             await memory.add_message("cat", "user", content)
         await memory.flush("cat")
-    server.max_prompt_tokens = estimate_tokens(_bulk_params(*said)) + 50
+    server.max_prompt_tokens = estimate_tokens(_bulk_params(*said)) + 50 + output
+    server.counts_max_tokens = bool(output)
     with Audit(db_url=db_url) as audit:
         report = await _run(audit, users=["cat"], limits=BatchLimits(max_messages=6))
         added = {
@@ -905,11 +908,87 @@ async def test_a_message_over_the_context_window_alone_is_left_out_saying_why_it
         again = await _run(audit, users=["cat"], limits=BatchLimits(max_messages=6))
     left_out = added[huge]
     assert list(report.left_out) == [left_out]
-    assert "prompt is too long" in report.left_out[left_out]
+    why = report.left_out[left_out]
+    assert ("over the window alone" if output else "prompt is too long") in why, why
     assert list(report.failed.values()) == [report.left_out[left_out]]
     assert sorted(recorded) == sorted(set(added.values()) - {left_out})
     assert failed == [([left_out], True)]
     assert (again.submitted, list(again.left_out)) == (0, [left_out])
+    assert server.requests == []
+    assert differences(db_url) == []
+
+
+async def _said_by_cat(db_url: str, said: Sequence[str]) -> None:
+    """Cat says each of ``said``, processed."""
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for content in said:
+            await memory.add_message("cat", "user", content)
+        await memory.flush("cat")
+
+
+def _kept_as_repeating(audit: Audit, user: str) -> list[list[str]]:
+    """The messages of each failed call kept in ``user``'s log as one that repeats."""
+    return [
+        list(e.message_ids)
+        for e in audit.store.events_of(user)
+        if isinstance(e, UserLog.ReextractionFailed) and e.repeats
+    ]
+
+
+async def test_a_window_too_small_for_the_fixed_prompt_and_the_output_asked_leaves_no_message_out(
+    db_url: str, server: MessagesAPIServer
+) -> None:
+    """The model's context window holds the fixed prompt but not the fixed prompt and the
+    output asked: every request is refused for its size, down to single messages, none of
+    which is to blame, so none is pinned nor left out (each used to be, for good: a run
+    after the window was fixed submitted nothing), and the next run, once requests fit,
+    records them all."""
+    said = [f"cat says {i}: hello" for i in range(4)]
+    await _said_by_cat(db_url, said)
+    server.max_prompt_tokens = estimate_tokens(_bulk_params("x")) + 20
+    server.counts_max_tokens = True
+    with Audit(db_url=db_url) as audit:
+        refused = await _run(audit, users=["cat"])
+        pinned = _kept_as_repeating(audit, "cat")
+        server.max_prompt_tokens = None
+        again = await _run(audit, users=["cat"])
+        recorded = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
+    assert (refused.recorded, refused.left_out, pinned) == (0, {}, [])
+    assert len(refused.failed) == 4
+    assert all("no message blamed" in why for why in refused.failed.values())
+    assert (again.failed, again.left_out) == ({}, {})
+    assert len(recorded) == len(set(recorded)) == 4, "each covered once, by the next run"
+    assert server.requests == [], "no probe through the Messages API"
+    assert differences(db_url) == []
+
+
+async def test_a_lone_message_over_the_window_only_for_the_output_asked_goes_again_asking_less(
+    db_url: str, server: MessagesAPIServer
+) -> None:
+    """The window holds a message's request with the output a live call asks, not with the
+    whole ``max_tokens`` a Message Batches request asks: split down to single messages,
+    each goes again asking the live path's output budget and is covered, the same run,
+    none pinned nor left out (each used to be left out, where live extraction extracts
+    it)."""
+    said = [f"cat says {i}: hello there" for i in range(3)]
+    await _said_by_cat(db_url, said)
+    server.max_prompt_tokens = estimate_tokens(_bulk_params(said[0])) + 2000
+    server.counts_max_tokens = True
+    with Audit(db_url=db_url) as audit:
+        report = await _run(audit, users=["cat"])
+        added = [e for e in audit.store.events_of("cat") if isinstance(e, UserLog.MessageAdded)]
+        recorded = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
+        pinned = _kept_as_repeating(audit, "cat")
+    assert (report.failed, report.left_out, pinned) == ({}, {}, [])
+    assert sorted(recorded) == sorted(e.message_id for e in added), "each covered once"
+    last = [r["params"] for r in server.batches[-1]["requests"]]
+    extractor = ClaudeExtractor(max_retries=0)
+    budgets = [
+        extractor.output_budget(ExtractionBatch("cat", "t", (BatchMessage.of(e),), ()))
+        for e in added
+    ]
+    assert sorted(p["max_tokens"] for p in last) == sorted(budgets)
+    assert max(budgets) < extractor.max_tokens
     assert server.requests == []
     assert differences(db_url) == []
 
