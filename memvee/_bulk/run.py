@@ -503,10 +503,16 @@ class BulkReextraction:
     ) -> list[_Built]:
         """The next requests of ``todo`` that one Message Batch takes: within
         :data:`MAX_REQUESTS_PER_BATCH` and ``budget`` bytes (a request over ``budget`` goes
-        alone); a request too large for any batch is split first (:meth:`_split`)."""
+        alone); a request planned before the run learned a size is cut within it first
+        (:meth:`_within_learned`), and one too large for any batch is split
+        (:meth:`_split`)."""
         chunk: list[_Built] = []
         size = 0
         while todo and len(chunk) < MAX_REQUESTS_PER_BATCH:
+            parts = await asyncio.to_thread(self._within_learned, todo[0])
+            if parts is not None:
+                todo.popleft()
+                todo.extendleft(reversed(parts))
             built = await asyncio.to_thread(self._build, todo[0])
             if built.size > MAX_BATCH_BYTES:
                 todo.popleft()
@@ -522,6 +528,26 @@ class BulkReextraction:
             chunk.append(built)
             size += built.size
         return chunk
+
+    def _within_learned(self, planned: _Planned) -> list[_Planned] | None:
+        """``planned`` cut into requests within the size this run learned from a refusal
+        for size (:class:`LearnedRequestSize`), as a plan made now would cut it, or
+        ``None`` when it is within already (or no size is learned: then nothing is read).
+        A request planned before the size was learned would go out at the configured
+        size, be refused again and be split a Message Batch later (up to 24 hours)."""
+        if self.request_size.within(self.limits) == self.limits:
+            return None
+        batch = self.recorder.batch("planned", planned.to_json())
+        shown = sum(estimate_tokens(k.text) for k in batch.known)
+        parts = list(bounded(batch.messages, self.request_size.within(self.limits, shown)))
+        if len(parts) < 2:
+            return None
+        cut = []
+        for part in parts:
+            entries, _ = self.shown(planned.user_id, part)
+            ids = [m.message_id for m in part]
+            cut.append(replace(planned, message_ids=ids, known=[k.entry_id for k in entries]))
+        return cut
 
     def _build(self, planned: _Planned) -> _Built:
         """The Messages API ``params`` of a planned request, and the bytes it adds to the

@@ -993,6 +993,40 @@ async def test_a_lone_message_over_the_window_only_for_the_output_asked_goes_aga
     assert differences(db_url) == []
 
 
+async def test_requests_planned_before_a_size_was_learned_go_out_within_it(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests planned before the run learned a size from a refusal, still waiting for a
+    later Message Batch, are cut within that size before they go: one request is refused,
+    not one each (each used to go out at the configured size, be refused and be split a
+    batch round trip later, up to 24 hours each)."""
+    said = [f"says {i}: " + "word " * 400 for i in range(6)]
+    users = ["u1", "u2", "u3"]
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            for content in said:
+                await memory.add_message(user, "user", content)
+            await memory.flush(user)
+    _over_two_messages(server, "the prompt over the window", said)
+    monkeypatch.setattr(memvee._bulk.run, "MAX_REQUESTS_PER_BATCH", 1)
+    with Audit(db_url=db_url) as audit:
+        report = await _run(audit, users=users, limits=BatchLimits(max_messages=6))
+        covered = {u: [m for e in _reextracted(audit, u) for m in e.message_ids] for u in users}
+        added = {
+            u: [
+                e.message_id
+                for e in audit.store.events_of(u)
+                if isinstance(e, UserLog.MessageAdded)
+            ]
+            for u in users
+        }
+    assert (len(report.split), report.failed, report.left_out) == (1, {}, {})
+    assert all(sorted(covered[u]) == sorted(added[u]) for u in users), "each covered once"
+    sizes = [len(prompt_messages(r["params"])) for b in server.batches for r in b["requests"]]
+    assert sizes[0] == 6 and max(sizes[1:]) <= 2, sizes
+    assert differences(db_url) == []
+
+
 async def test_a_message_over_the_context_window_only_beside_its_entries_goes_in_without_them(
     db_url: str, server: MessagesAPIServer
 ) -> None:
