@@ -981,14 +981,14 @@ def _reextract_in_bulk(
         console.print(
             Text.assemble(
                 ("forgotten meanwhile, dropped:", "yellow"),
-                f" {request_id}: its user was forgotten while the batch ran",
+                f" {request_id}: its user was forgotten before it was recorded or sent again",
             )
         )
     for user_id in report.forgotten_users:
         console.print(
             Text.assemble(
                 ("forgotten meanwhile:", "yellow"),
-                f" {user_id} was forgotten after the run began; nothing submitted for it",
+                f" {user_id} was forgotten after the run began; nothing (more) submitted for it",
             )
         )
     for batch_id in report.lost:

@@ -264,9 +264,16 @@ class Claims:
         return (BULK_BATCHES.c.local_id.in_(ids), owner == self.owner)
 
     def report_lost(self, report: BulkReport) -> None:
-        """Report each user whose claim another run took over (``report.claimed``)."""
+        """Report each user whose claim another run took over (``report.claimed``), or
+        whose claim went with the user, forgotten meanwhile (``report.forgotten_users``: a
+        forget removes the user's claims, which no other run holds)."""
         for user_id in sorted(self.claimed_by[c] for c in self.lost):
-            if user_id not in report.claimed:
+            if user_id in report.claimed or user_id in report.forgotten_users:
+                continue
+            if self.store.last_version(user_id) == 0:
+                log.info("user %r was forgotten meanwhile; nothing more submitted for it", user_id)
+                report.forgotten_users.append(user_id)
+            else:
                 log.info(
                     "user %r was taken over by another run while this one was stopped; "
                     "nothing more submitted for it",

@@ -82,6 +82,10 @@ class _Planned:
     """The output asked, when less than the extractor's whole ``max_tokens`` (kept as
     :data:`_OUTPUT`): a lone message whose request the model's context window refused only
     for the output asked beside it goes again asking the live path's output budget."""
+    split_of: tuple[str, ...] = ()
+    """The requests refused for their size (by request id) whose messages this one sends
+    again: each is told in ``BulkReport.split`` once a request of its messages is
+    submitted. Not kept: a request kept is told when it is submitted, or never."""
 
     def to_json(self) -> dict[str, Any]:
         kept: dict[str, Any] = {

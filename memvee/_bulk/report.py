@@ -23,12 +23,16 @@ class BulkReport:
     failed: dict[str, str] = field(default_factory=dict)
     split: dict[str, str] = field(default_factory=dict)
     """Requests (by request id, as ``failed``) refused for their size (a prompt over the
-    model's context window, a 413), with why: not failed, their messages sent again within
-    the size learned, split (a lone message: showing no entry), by this run (planned anew
-    for a batch an earlier run kept, when this run names the user)."""
+    model's context window, a 413), with why: not failed, their messages submitted again
+    by this run within the size learned, split (a lone message: showing no entry, or
+    asking the output a live call asks), those of a batch an earlier run kept too, whether
+    or not this run names their user. Told once a request of their messages is submitted:
+    one whose user was forgotten first is in ``forgotten``, and one whose user another run
+    took over is in neither (``claimed`` names the user)."""
     forgotten: dict[str, str] = field(default_factory=dict)
-    """Requests whose user was forgotten while their Message Batch ran: dropped, not
-    failed (nothing is left to record them in, nor to send again)."""
+    """Requests whose user was forgotten while their Message Batch ran, or before this run
+    sent again the messages of one refused for its size: dropped, not failed (nothing is
+    left to record them in, nor to send again)."""
     left_out: dict[str, str] = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
     unread: list[str] = field(default_factory=list)
@@ -55,7 +59,7 @@ class BulkReport:
     had before (of one of their messages). What that path could not extract is in
     ``failed`` (``direct:USER``) and ``left_out``."""
     forgotten_users: list[str] = field(default_factory=list)
-    """Users named whose log was forgotten after the run began: nothing was planned for
+    """Users whose log was forgotten after the run began: nothing (more) was submitted for
     them (one named with no log at all stops the run before it begins)."""
     direct_held: int = 0
     """Messages due to go through the Messages API that this run kept for the next one:

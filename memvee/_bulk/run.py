@@ -89,6 +89,10 @@ from projections.reader import aware
 
 log = logging.getLogger("memvee.bulk")
 
+_FORGOTTEN_BEFORE_SENT = "its user was forgotten before its messages were sent again"
+"""How a request refused for its size is told when its user was forgotten before its
+messages went again (``BulkReport.forgotten``)."""
+
 MAX_REQUESTS_PER_BATCH = 10_000
 """Requests per Message Batch, at most (the API takes up to 100,000)."""
 
@@ -182,6 +186,9 @@ class BulkReextraction:
         self.request_size = LearnedRequestSize()
         self.shown_weight: dict[str, int] = {}  # what a user's refused request was shown
         self.again: list[_Planned] = []  # requests refused for size, to submit split
+        self.splitting: dict[str, str] = {}  # why each refused for size, until sent again
+        # the messages of requests an earlier run kept that were refused for size, by user
+        self.split_earlier: dict[str, dict[str, set[str]]] = {}
         self.kept_batches = KeptBatches(store, version)
         self.claiming = Claims(store, version)
         self.recorder = Recorder(store, reader, decide, extractor, version, shown, record_failure)
@@ -422,6 +429,8 @@ class BulkReextraction:
                 continue
             user_log = self.store.load(user_id)
             if user_log is None:  # forgotten since the run began: nothing to plan
+                for request_id, why in self._splitting_earlier(user_id):
+                    report.forgotten[request_id] = f"{why}; {_FORGOTTEN_BEFORE_SENT}"
                 self.claiming.release_claim(user_id)
                 if user_id not in others:
                     log.info("user %r was forgotten after the bulk run began; passed over", user_id)
@@ -444,13 +453,17 @@ class BulkReextraction:
             failed = user_log.failed_reextraction(self.version, events)
             failing = _since_promoted(self.failing.get(user_id, {}), events, self.version)
             limits = self.request_size.within(self.limits, self.shown_weight.get(user_id, 0))
+            split = self.split_earlier.pop(user_id, {})
             for batch in bounded(todo, limits, failed):
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
                 count = max(failing.get(m, 0) for m in ids)
                 tried = self.last_tried.get(user_id)
-                planned.append(_Planned(user_id, ids, known, user_log.version, count, tried))
+                of = tuple(r for r, held in split.items() if held.intersection(ids))
+                planned.append(
+                    _Planned(user_id, ids, known, user_log.version, count, tried, split_of=of)
+                )
         return sorted(planned, key=lambda p: _last_tried(p.tried, p.user_id))
 
     async def _submit_all(
@@ -644,8 +657,9 @@ class BulkReextraction:
         }
         if kept:
             await asyncio.to_thread(self.claiming.insert_held, row)
-        self.claiming.report_lost(report)
+        await asyncio.to_thread(self.claiming.report_lost, report)
         if not row["requests"]:
+            await self._tell_split(chunk, row, report)
             return None
         requests: list[Request] = [
             {"custom_id": custom_id, "params": built[custom_id].params}
@@ -654,8 +668,38 @@ class BulkReextraction:
         created = await self._create(client, row, requests)
         row["api_batch_id"] = created
         await asyncio.to_thread(self.kept_batches.set_batch_id, local_id, created)
+        await self._tell_split(chunk, row, report)
         log.info("submitted %d requests as Message Batch %s", len(requests), created)
         return row
+
+    async def _tell_split(
+        self, chunk: list[_Built], row: dict[str, Any], report: BulkReport
+    ) -> None:
+        """Tell each request refused for its size whose messages a request of ``chunk``
+        sends again (:attr:`_Planned.split_of`) in ``report.split``, once it is submitted
+        in ``row``; one whose user was forgotten before it was sent is told in
+        ``report.forgotten`` instead (nothing is left to send), and one whose user another
+        run took over in neither (``report.claimed`` names the user)."""
+        sent = {request["user"] for request in row["requests"].values()}
+        for built in chunk:
+            user_id = built.planned.user_id
+            for request_id in built.planned.split_of:
+                why = self.splitting.pop(request_id, None)
+                if why is None:  # told already, by an earlier part of its messages
+                    continue
+                if user_id in sent:
+                    report.split[request_id] = why
+                elif await asyncio.to_thread(self.store.last_version, user_id) == 0:
+                    report.forgotten[request_id] = f"{why}; {_FORGOTTEN_BEFORE_SENT}"
+
+    def _splitting_earlier(self, user_id: str) -> list[tuple[str, str]]:
+        """The requests of ``user_id`` an earlier run kept that were refused for their size
+        and are still to be sent again, with why, taken out of those waiting."""
+        return [
+            (request_id, self.splitting.pop(request_id))
+            for request_id in self.split_earlier.pop(user_id, {})
+            if request_id in self.splitting
+        ]
 
     async def _create(
         self, client: anthropic.AsyncAnthropic, row: dict[str, Any], requests: list[Request]
@@ -823,13 +867,16 @@ class BulkReextraction:
         is learned (:class:`LearnedRequestSize`, from the API's figures when it names them,
         as the live path learns it), so the run plans within it from then on, and its
         messages go again within it, at most half of them a request, or, a lone message,
-        with no entry shown (``report.split``). One an ``earlier`` run kept is not sent
-        again here: its messages are no longer held once its row is deleted, and this run's
-        plan (or that of a run naming its user) takes them, within the size learned."""
+        with no entry shown, or asking the live path's output budget when only the output
+        asked overflowed the window (``smaller_output``). One an ``earlier`` run kept is not
+        sent again here: its messages are no longer held once its row is deleted, and this
+        run's plan takes them, within the size learned, whether or not it names their user
+        (as it plans a dropped kept row's, :attr:`dropped`). Each is told in
+        ``report.split`` once a request of its messages is submitted (:meth:`_tell_split`)."""
         batch = await asyncio.to_thread(self.recorder.batch, custom_id, request)
-        report.split[request_id] = str(refused)
         if not batch.messages:  # forgotten meanwhile: nothing to send
             return
+        self.splitting[request_id] = str(refused)
         shown = sum(estimate_tokens(k.text) for k in batch.known)
         if len(batch.messages) > 1 and isinstance(refused, RejectedBatchError):
             params = self.extractor.request(batch)
@@ -853,6 +900,9 @@ class BulkReextraction:
             refused,
         )
         if earlier:
+            held = {m.message_id for m in batch.messages}
+            self.dropped.setdefault(batch.user_id, set()).update(held)
+            self.split_earlier.setdefault(batch.user_id, {})[request_id] = held
             return
         at: int | None = request.get("at")
         if at is None:  # an older memvee's request: planned now
@@ -865,6 +915,7 @@ class BulkReextraction:
             int(request.get(_FAILING, 0)),
             request.get(_DIRECT_TRIED),
             refused.smaller_output if isinstance(refused, RejectedBatchError) else None,
+            (request_id,),
         )
         if len(batch.messages) == 1:
             self.again.append(planned)

@@ -1027,6 +1027,69 @@ async def test_requests_planned_before_a_size_was_learned_go_out_within_it(
     assert differences(db_url) == []
 
 
+async def test_a_user_forgotten_before_a_split_request_goes_again_is_told_forgotten_not_split(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cat's request is refused for its size and split, and cat is forgotten before the
+    parts are submitted: nothing is sent again, and the report says so (the request
+    ``forgotten``, cat ``forgotten_users``), where it used to list the request as split,
+    "sent again smaller", and cat as taken over by another run."""
+    said = [f"cat says {i}: " + "word " * 400 for i in range(6)]
+    await _said_by_cat(db_url, said)
+    _over_two_messages(server, "the prompt over the window", said)
+    real = BulkReextraction._split_again
+    with Audit(db_url=db_url) as audit:
+
+        async def then_forgotten(self: BulkReextraction, *args: Any, **kw: Any) -> None:
+            await real(self, *args, **kw)
+            await asyncio.to_thread(audit.forget, "cat")
+
+        monkeypatch.setattr(BulkReextraction, "_split_again", then_forgotten)
+        report = await _run(audit, users=["cat"], limits=BatchLimits(max_messages=6))
+    assert len(server.batches) == 1, "nothing sent again"
+    assert (report.split, report.claimed, report.forgotten_users) == ({}, [], ["cat"])
+    (why,) = report.forgotten.values()
+    assert "prompt is too long" in why and "forgotten before its messages were sent" in why
+
+
+async def test_a_split_request_of_a_batch_an_earlier_run_kept_is_sent_again_by_any_run(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped before collecting its batch, whose request of cat's is refused for its
+    size; the next run, naming only dog, collects it: cat's messages go again within the
+    size learned, as a dropped kept batch's do, and it lists the request split, where it
+    used to list it "sent again smaller" and send nothing until a run named cat."""
+    said = [f"cat says {i}: " + "word " * 400 for i in range(6)]
+    await _said_by_cat(db_url, said)
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        await memory.add_message("dog", "user", "dog says hi")
+        await memory.flush("dog")
+    _over_two_messages(server, "the prompt over the window", said)
+
+    async def killed(self: BulkReextraction, *args: Any, **kw: Any) -> None:
+        raise RuntimeError("killed")
+
+    with Audit(db_url=db_url) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_finish", killed)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit, users=["cat"], limits=BatchLimits(max_messages=6))
+        report = await _run(audit, users=["dog"], limits=BatchLimits(max_messages=6))
+        added = [
+            e.message_id
+            for e in audit.store.events_of("cat")
+            if isinstance(e, UserLog.MessageAdded)
+        ]
+        covered = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
+        later = await _run(audit, users=["cat"], limits=BatchLimits(max_messages=6))
+    first = server.batches[0]
+    assert list(report.split) == [f"{first['id']}:{r['custom_id']}" for r in first["requests"]]
+    assert (report.failed, report.left_out) == ({}, {})
+    assert sorted(covered) == sorted(added), "each of cat's covered once, by the run naming dog"
+    assert (later.submitted, later.recorded) == (0, 0)
+    assert differences(db_url) == []
+
+
 async def test_a_message_over_the_context_window_only_beside_its_entries_goes_in_without_them(
     db_url: str, server: MessagesAPIServer
 ) -> None:
