@@ -49,6 +49,7 @@ from projections.sink import Derived
 from projections.tables import ProjectionTables
 from projections.words import LAYOUT as WORDS_LAYOUT
 from projections.words import UNSPACED_RUN, fold, word_pieces
+from projections.words import words as folded_words
 
 __all__ = [
     "LONGEST_WORD_BYTES",
@@ -61,6 +62,7 @@ __all__ = [
     "MessageBodies",
     "SearchIndex",
     "current_token",
+    "held_stems",
     "index_word",
     "indexed_layout",
     "own_and_added_words",
@@ -193,6 +195,48 @@ def _within_longest(stem: str) -> str:
 def text_stems(text: str) -> list[str]:
     """The stems of stored ``text``, in order: what both backends index."""
     return _stems(word_pieces(text, singles=True))
+
+
+def held_stems(text: str, stems: frozenset[str]) -> frozenset[str]:
+    """Those of ``stems`` (stems as :func:`text_stems` cuts stored text) that ``text``
+    holds: ``stems.intersection(text_stems(text))``, found without stemming all of
+    ``text``, so that a long text costs a scan, not a stemmer call a word (a search among
+    60 messages of 20,000 Chinese characters took 5 s, not 0.02 s). A pair or character
+    of a script written without spaces is looked for as it is among the text's words;
+    another stem is looked for among the text's words that begin with it less its last
+    two characters, and only those are stemmed (:func:`_stem_start`)."""
+    if not stems:
+        return frozenset()
+    found = folded_words(text)
+    unspaced = {stem for stem in stems if UNSPACED_RUN.fullmatch(stem)}
+    held: set[str] = set()
+    if unspaced and not text.isascii():
+        joined = " ".join(found)
+        held.update(stem for stem in unspaced if stem in joined)
+    spaced = stems.difference(unspaced)
+    if spaced:
+        starts = tuple({_stem_start(stem) for stem in spaced})
+        distinct = set(found)
+        parts = distinct if text.isascii() else {p for w in distinct for p in _spaced_parts(w)}
+        maybe = [part for part in parts if part.startswith(starts)]
+        held.update(spaced.intersection(_stems(maybe)))
+    return frozenset(held)
+
+
+def _stem_start(stem: str) -> str:
+    """How every word stemmed to ``stem`` begins: ``stem`` less its last two characters
+    (one at least). The Snowball English stemmer rewrites a word's ending only, and
+    leaves at most the last two characters of its stem unlike the word ("dying" gives
+    "die", "happy" "happi"): every one of 125,000 words tried began so."""
+    return stem[: max(1, len(stem) - 2)]
+
+
+def _spaced_parts(word: str) -> list[str]:
+    """The parts of a folded ``word`` that :func:`word_pieces` stems whole: the word, or,
+    in a word holding runs of a script written without spaces, the parts between them."""
+    if word.isascii() or UNSPACED_RUN.search(word) is None:
+        return [word]
+    return [part for part in UNSPACED_RUN.split(word) if part and not UNSPACED_RUN.fullmatch(part)]
 
 
 def current_token(owner: str, first_write: int) -> str:

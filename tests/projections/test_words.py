@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projections import search_terms
-from projections.search import query_words, word_pieces
+from projections.search import held_stems, query_words, text_stems, word_pieces
 
 STORED = "We moved to İstanbul last year, our office is in İZMİR"
 
@@ -79,3 +79,33 @@ def test_folded_words_fold_to_themselves(text: str) -> None:
     """A query's terms are folded words, folded again when looked up: nothing changes."""
     pieces = word_pieces(text)
     assert word_pieces(" ".join(pieces)) == pieces
+
+
+_SAYINGS = [
+    "I was dying to try the tennis club; lying in bed, tying my shoes, happily relational",
+    "東京都に行きたい abc東京def 猫 Straße café naïve ﬁne İZMİR ไปเที่ยวกรุงเทพ 서울에 살아요",
+    "generalization possibilities sensitivity reasonably visibility skies news atlas",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(" ".join(_SAYINGS).split()) | st.text(min_size=1, max_size=12),
+        max_size=12,
+    ).map(" ".join),
+    other=st.sampled_from(_SAYINGS),
+    data=st.data(),
+)
+def test_held_stems_are_the_asked_stems_text_stems_finds_in_the_text(
+    text: str, other: str, data: st.DataObject
+) -> None:
+    """:func:`held_stems` looks the asked stems up without stemming the whole text, and
+    finds what stemming it would: stems whose words end otherwise ("dying", "die";
+    "happily", "happili"), pairs and characters of scripts written without spaces, words
+    of another script within one such run ("abc東京def")."""
+    pool = sorted({*text_stems(text), *text_stems(other)})
+    asked = (
+        frozenset(data.draw(st.lists(st.sampled_from(pool), max_size=8))) if pool else frozenset()
+    )
+    assert held_stems(text, asked) == asked.intersection(text_stems(text))
