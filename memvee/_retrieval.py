@@ -4,19 +4,20 @@ Lexical ranking runs inside the database; with an :class:`~memvee.embedders.Embe
 (the default is a local model), a semantic ranking over the user's vectors is fused with
 it by a weighted sum of normalised scores: ``alpha`` times the lexical score divided by
 the best lexical score (one score for the matches holding the same words of the query,
-which their length alone told apart), plus ``1 - alpha`` times the cosine above a noise
-floor divided by the best one's (nothing at all when no candidate is near the query; a
-fact about the user's relatives or things the query does not name keeps half; the user's
-own name in the query is embedded as "the user", and is no word a fact written under it
-shares with it, see :meth:`Retriever._name_asked`). With ``include_messages`` entries
-and raw messages are ranked together on that one score (a strong message beats a weak
-fact, and a fact scores at least as well as the messages it came from, or half their
-score for a relative's fact, and a fact found by meaning alone is left out beside a
-message matching twice as well and as near: facts are listed first); a message is left
-out when the returned entries citing its exchange state the query's words it holds, goes
-after the remaining entries when they leave some out, and goes after the rest when its
-facts were all replaced. An embedder that fails (an API down, a model that cannot load)
-leaves the ranking lexical: a search never fails for it.
+which their length alone told apart, when their meaning can order them), plus
+``1 - alpha`` times the cosine above a noise floor divided by the best one's (nothing at
+all when no candidate is near the query; a fact about the user's relatives or things the
+query does not name keeps half; the user's own name in the query is embedded as "the
+user", and is no word a fact written under it shares with it, see
+:meth:`Retriever._name_asked`). With ``include_messages`` entries and raw messages are
+ranked together on that one score (a strong message beats a weak fact, and a fact scores
+at least as well as the messages it came from, or half their score for a relative's
+fact, and a fact found by meaning alone is left out beside a message matching twice as
+well and as near: facts are listed first); a message is left out when the returned
+entries citing its exchange state the query's words it holds, goes after the remaining
+entries when they leave some out, and goes after the rest when its facts were all
+replaced. An embedder that fails (an API down, a model that cannot load) leaves the
+ranking lexical: a search never fails for it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from events import InvalidInputError, StorageError, as_int, check_text, check_vi
 from events.errors import echoed_repr, first_line
 from memvee._config import DEFAULT_ALPHA
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
-from projections.search import index_word, query_words, spoken, text_stems
+from projections.search import held_stems, index_word, query_words, spoken, text_stems
 from projections.tables import ProjectionTables
 from projections.terms import KIN_NOUNS, query_terms
 from projections.vectors import ContainedEmbedder, VectorIndex, unfit
@@ -1286,11 +1287,14 @@ def _fuse(
     with a near meaning), so its good matches are not pushed below the embedded items'
     poor ones. Candidates holding the same words of the query (``asked``, as stored text
     is cut) match it alike by their words, so they share one lexical score
-    (:func:`_alike_by_words`) and their meaning orders them."""
-    _alike_by_words(candidates, asked)
-    best = max((c.lexical for c in candidates), default=0.0)
+    (:func:`_alike_by_words`) and their meaning orders them; with no meaning to order
+    them (``alpha`` 1: no query vector, or a lexical ranking asked for; or no candidate
+    near the query) BM25's order stands."""
     nearest = max((c.cosine for c in candidates if c.cosine is not None), default=0.0)
     matched = nearest >= COSINE_MATCH
+    if alpha < 1 and matched:
+        _alike_by_words(candidates, asked)
+    best = max((c.lexical for c in candidates), default=0.0)
     asked = _query_words(query)
     for c in candidates:
         lexical = c.lexical / best if best > 0 else 0.0
@@ -1302,17 +1306,23 @@ def _fuse(
 
 
 def _alike_by_words(candidates: Sequence[_Candidate], asked: frozenset[str]) -> None:
-    """Give each lexical match the least lexical score of the matches of its kind (entries,
-    messages: two indexes, two scales) holding the same words of the query (``asked``; a
-    message's speaker's name, which it is indexed with, included): BM25 tells those apart
-    only by their length and by how often they repeat a word, which says nothing of which
-    one answers. "Imran keeps checking the fuel economy screen like it's a video game."
-    outscored "He runs a phone repair shop on Oldham Road" for "What does Imran do?" by
-    being shorter, the name being the one word of the question either holds; now the
-    nearer in meaning comes first. The least, not the best: lifted to the best, every
-    message holding only the user's name matched as well as the shortest of them did, and
-    crowded answers holding no word of the question out. Matches holding more of the
-    question's words, or rarer ones, still score above them lexically."""
+    """Give the lexical matches of a kind (entries, messages: two indexes, two scales)
+    holding the same words of the query (``asked``; a message's speaker's name, which it
+    is indexed with, included) one lexical score, so that their meaning orders them: BM25
+    tells those apart only by their length and by how often they repeat a word, which
+    says nothing of which one answers. "Imran keeps checking the fuel economy screen like
+    it's a video game." outscored "He runs a phone repair shop on Oldham Road" for "What
+    does Imran do?" by being shorter, the name being the one word of the question either
+    holds.
+
+    The matches holding a set of the query's words score the least of theirs or, when
+    greater, the most the matches holding a part of that set score: a match holding every
+    word of the query another holds, and more, never scores below it lexically (a long
+    message holding "tennis" and "club" put the short answer holding both below every
+    message holding "tennis" alone). The least, not the best: lifted to the best, every message
+    holding only the user's name matched as well as the shortest of them did, and crowded
+    answers holding no word of the question out. A match holding none of ``asked`` (the
+    index cut it otherwise) keeps its score."""
     least: dict[tuple[str, frozenset[str]], float] = {}
     held: list[tuple[_Candidate, tuple[str, frozenset[str]]]] = []
     for candidate in candidates:
@@ -1323,11 +1333,19 @@ def _alike_by_words(candidates: Sequence[_Candidate], asked: frozenset[str]) -> 
             kind, text = "entry", item.text
         else:
             kind, text = "message", spoken(item.content, item.name)
-        words = (kind, asked.intersection(text_stems(text)))
-        held.append((candidate, words))
-        least[words] = min(least.get(words, math.inf), candidate.lexical)
-    for candidate, words in held:
-        candidate.lexical = least[words]
+        words = held_stems(text, asked)
+        if not words:
+            continue
+        held.append((candidate, (kind, words)))
+        least[kind, words] = min(least.get((kind, words), math.inf), candidate.lexical)
+    shared = {
+        (kind, words): max(
+            score for (other, part), score in least.items() if other == kind and part <= words
+        )
+        for kind, words in least
+    }
+    for candidate, group in held:
+        candidate.lexical = shared[group]
 
 
 COSINE_MATCH = 0.2
