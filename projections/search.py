@@ -207,20 +207,40 @@ def held_stems(text: str, stems: frozenset[str]) -> frozenset[str]:
     two characters, and only those are stemmed (:func:`_stem_start`)."""
     if not stems:
         return frozenset()
+    sought = _sought(stems)
     found = folded_words(text)
-    unspaced = {stem for stem in stems if UNSPACED_RUN.fullmatch(stem)}
     held: set[str] = set()
-    if unspaced and not text.isascii():
+    if sought.unspaced and not text.isascii():
         joined = " ".join(found)
-        held.update(stem for stem in unspaced if stem in joined)
-    spaced = stems.difference(unspaced)
-    if spaced:
-        starts = tuple({_stem_start(stem) for stem in spaced})
+        held.update(stem for stem in sought.unspaced if stem in joined)
+    if sought.spaced:
         distinct = set(found)
         parts = distinct if text.isascii() else {p for w in distinct for p in _spaced_parts(w)}
-        maybe = [part for part in parts if part.startswith(starts)]
-        held.update(spaced.intersection(_stems(maybe)))
+        maybe = [part for part in parts if part.startswith(sought.starts)]
+        if maybe:
+            held.update(sought.spaced.intersection(_stems(maybe)))
     return frozenset(held)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sought:
+    """Query stems as :func:`held_stems` looks for them."""
+
+    unspaced: frozenset[str]
+    """The pairs and characters of scripts written without spaces, looked for as they are."""
+    spaced: frozenset[str]
+    """The other stems, compared with the stems of the words that may be them."""
+    starts: tuple[str, ...]
+    """How the words that may be them begin (:func:`_stem_start`)."""
+
+
+@lru_cache(maxsize=64)
+def _sought(stems: frozenset[str]) -> _Sought:
+    """``stems`` sorted for :func:`held_stems`, once a query (a search checks every
+    candidate against the same stems)."""
+    unspaced = frozenset(stem for stem in stems if UNSPACED_RUN.fullmatch(stem))
+    spaced = stems - unspaced
+    return _Sought(unspaced, spaced, tuple({_stem_start(stem) for stem in spaced}))
 
 
 def _stem_start(stem: str) -> str:
