@@ -189,6 +189,9 @@ class BulkReextraction:
         self.splitting: dict[str, str] = {}  # why each refused for size, until sent again
         # the messages of requests an earlier run kept that were refused for size, by user
         self.split_earlier: dict[str, dict[str, set[str]]] = {}
+        # lone messages of those, by user: each goes again alone, showing no entry, asking
+        # the output kept (None: the whole max_tokens)
+        self.lone_earlier: dict[str, dict[str, int | None]] = {}
         self.kept_batches = KeptBatches(store, version)
         self.claiming = Claims(store, version)
         self.recorder = Recorder(store, reader, decide, extractor, version, shown, record_failure)
@@ -411,6 +414,10 @@ class BulkReextraction:
         message the user's log left out of the version is not planned (it would fail
         again, billed, and hold the user's version back for good): it is reported left out
         again, with the error that left it out, as a run without Message Batches reports it.
+        A lone message whose request an earlier run kept was refused for its size goes
+        alone, showing no entry and asking the output it may (:attr:`lone_earlier`), as
+        :meth:`_split_again` sends this run's own: sent as before, it would be refused the
+        same way a Message Batch later, and be told split though sent no smaller.
         The users the Messages API fallback tried least lately (never, first) are planned
         first, so a fallback that ends early at its first user reaches another each run."""
         planned: list[_Planned] = []
@@ -429,6 +436,7 @@ class BulkReextraction:
                 continue
             user_log = self.store.load(user_id)
             if user_log is None:  # forgotten since the run began: nothing to plan
+                self.lone_earlier.pop(user_id, None)
                 for request_id, why in self._splitting_earlier(user_id):
                     report.forgotten[request_id] = f"{why}; {_FORGOTTEN_BEFORE_SENT}"
                 self.claiming.release_claim(user_id)
@@ -454,15 +462,18 @@ class BulkReextraction:
             failing = _since_promoted(self.failing.get(user_id, {}), events, self.version)
             limits = self.request_size.within(self.limits, self.shown_weight.get(user_id, 0))
             split = self.split_earlier.pop(user_id, {})
-            for batch in bounded(todo, limits, failed):
-                shown, _ = self.shown(user_id, batch)
-                known = [k.entry_id for k in shown]
+            lone = self.lone_earlier.pop(user_id, {})
+            for batch in bounded(todo, limits, {*failed, *lone}):
                 ids = [m.message_id for m in batch]
+                alone = len(ids) == 1 and ids[0] in lone
+                shown = () if alone else self.shown(user_id, batch)[0]
+                known = [k.entry_id for k in shown]
                 count = max(failing.get(m, 0) for m in ids)
                 tried = self.last_tried.get(user_id)
                 of = tuple(r for r, held in split.items() if held.intersection(ids))
+                output = lone[ids[0]] if alone else None
                 planned.append(
-                    _Planned(user_id, ids, known, user_log.version, count, tried, split_of=of)
+                    _Planned(user_id, ids, known, user_log.version, count, tried, output, of)
                 )
         return sorted(planned, key=lambda p: _last_tried(p.tried, p.user_id))
 
@@ -871,7 +882,8 @@ class BulkReextraction:
         asked overflowed the window (``smaller_output``). One an ``earlier`` run kept is not
         sent again here: its messages are no longer held once its row is deleted, and this
         run's plan takes them, within the size learned, whether or not it names their user
-        (as it plans a dropped kept row's, :attr:`dropped`). Each is told in
+        (as it plans a dropped kept row's, :attr:`dropped`); a lone message alone, showing
+        no entry and asking the smaller output, as here (:attr:`lone_earlier`). Each is told in
         ``report.split`` once a request of its messages is submitted (:meth:`_tell_split`)."""
         batch = await asyncio.to_thread(self.recorder.batch, custom_id, request)
         if not batch.messages:  # forgotten meanwhile: nothing to send
@@ -899,10 +911,15 @@ class BulkReextraction:
             len(batch.messages),
             refused,
         )
+        output = refused.smaller_output if isinstance(refused, RejectedBatchError) else None
         if earlier:
             held = {m.message_id for m in batch.messages}
             self.dropped.setdefault(batch.user_id, set()).update(held)
             self.split_earlier.setdefault(batch.user_id, {})[request_id] = held
+            if len(batch.messages) == 1:
+                self.lone_earlier.setdefault(batch.user_id, {})[batch.messages[0].message_id] = (
+                    output
+                )
             return
         at: int | None = request.get("at")
         if at is None:  # an older memvee's request: planned now
@@ -914,7 +931,7 @@ class BulkReextraction:
             at,
             int(request.get(_FAILING, 0)),
             request.get(_DIRECT_TRIED),
-            refused.smaller_output if isinstance(refused, RejectedBatchError) else None,
+            output,
             (request_id,),
         )
         if len(batch.messages) == 1:

@@ -993,6 +993,42 @@ async def test_a_lone_message_over_the_window_only_for_the_output_asked_goes_aga
     assert differences(db_url) == []
 
 
+async def test_an_earlier_runs_lone_message_refused_for_the_output_asked_goes_again_asking_less(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped before collecting its Message Batch, whose lone message's request the
+    window refused only for the whole ``max_tokens`` asked: the next run collects it and
+    sends the message again asking the live path's output budget, and lists the request
+    split once that smaller request is submitted (it used to send it again asking the whole
+    ``max_tokens``, refused the same way a batch round trip later, and list it split)."""
+    said = ["cat says 0: hello there"]
+    await _said_by_cat(db_url, said)
+    server.max_prompt_tokens = estimate_tokens(_bulk_params(said[0])) + 2000
+    server.counts_max_tokens = True
+
+    async def killed(self: BulkReextraction, *args: Any, **kw: Any) -> None:
+        raise RuntimeError("killed")
+
+    with Audit(db_url=db_url) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_finish", killed)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit, users=["cat"])
+        report = await _run(audit, users=["cat"])
+        (added,) = [e for e in audit.store.events_of("cat") if isinstance(e, UserLog.MessageAdded)]
+        recorded = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
+        pinned = _kept_as_repeating(audit, "cat")
+    extractor = ClaudeExtractor(max_retries=0)
+    budget = extractor.output_budget(ExtractionBatch("cat", "t", (BatchMessage.of(added),), ()))
+    asked = [[r["params"]["max_tokens"] for r in b["requests"]] for b in server.batches]
+    assert asked == [[extractor.max_tokens], [budget]], "sent again once, asking less"
+    first = server.batches[0]
+    assert list(report.split) == [f"{first['id']}:{r['custom_id']}" for r in first["requests"]]
+    assert (report.failed, report.left_out, pinned) == ({}, {}, [])
+    assert recorded == [added.message_id], "covered once"
+    assert differences(db_url) == []
+
+
 async def test_requests_planned_before_a_size_was_learned_go_out_within_it(
     db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1119,6 +1155,46 @@ async def test_a_message_over_the_context_window_only_beside_its_entries_goes_in
     shown, bare = (r["params"] for b in server.batches[-2:] for r in b["requests"])
     assert prompt_known_entries(shown) and not prompt_known_entries(bare)
     assert (report.failed, report.left_out, len(report.split)) == ({}, {}, 1)
+    assert recorded.count(late_id) == 1
+    assert differences(db_url) == []
+
+
+async def test_an_earlier_runs_lone_message_over_the_window_beside_its_entries_goes_without_them(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped before collecting its Message Batch, whose lone message's request is
+    over the model's context window only beside the entries shown: the next run collects
+    it and sends the message again showing none, covered that run (it used to show them
+    again, be refused the same way a batch round trip later, and list the request split)."""
+    said = [f"cat says {i}: " + "word " * 100 for i in range(4)]
+    late = "cat says late: " + "word " * 100
+    await _said_by_cat(db_url, said)
+    with Audit(db_url=db_url) as audit:
+        await _run(audit, users=["cat"])
+    await _said_by_cat(db_url, [late])
+    server.max_prompt_tokens = estimate_tokens(_bulk_params(late)) + 50
+
+    async def killed(self: BulkReextraction, *args: Any, **kw: Any) -> None:
+        raise RuntimeError("killed")
+
+    with Audit(db_url=db_url) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_finish", killed)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit, users=["cat"])
+        report = await _run(audit, users=["cat"])
+        (late_id,) = [
+            e.message_id
+            for e in audit.store.events_of("cat")
+            if isinstance(e, UserLog.MessageAdded) and e.content == late
+        ]
+        recorded = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
+    assert len(server.batches) == 3, "sent again once"
+    stopped, again = server.batches[1:]
+    (shown,), (bare,) = stopped["requests"], again["requests"]
+    assert prompt_known_entries(shown["params"]) and not prompt_known_entries(bare["params"])
+    assert list(report.split) == [f"{stopped['id']}:{shown['custom_id']}"]
+    assert (report.failed, report.left_out) == ({}, {})
     assert recorded.count(late_id) == 1
     assert differences(db_url) == []
 
