@@ -423,11 +423,13 @@ class RejectedBatchError(ExtractionError):
 
 class OversizedMessageError(RejectedBatchError):
     """A lone message too large for any request: weighing more than the rest of its
-    request, it was refused for its size with no known entry shown (or the API's figures
-    show it over the context window even so, with the smallest fixed part), while a
-    request without it fits. Sent again it can never fit, so the engine quarantines it at
-    once (no try of ``max_attempts`` can succeed) and goes on with the messages after it;
-    requeued, it is tried again (a limit may have been raised since)."""
+    request, its request with no known entry shown was refused for its size twice alike
+    (the same request sent once more, refused the same way with the same figures: a 413,
+    or the API's own count over the context window even with the smallest output), while
+    a request without it fits. One refusal may be a passing fault; repeated, it can never
+    fit, so the engine quarantines it at once (no try of ``max_attempts`` can succeed) and
+    goes on with the messages after it; requeued, it is tried again (a limit may have been
+    raised since)."""
 
 
 INPUT_REFUSED_STATUSES = frozenset({400, 413, 422})

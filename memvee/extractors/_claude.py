@@ -145,10 +145,12 @@ _ENTRY_PROBES = 12
 enough to find one refused entry among 2,048 (a batch shows at most 100), or two among
 30 (see :meth:`ClaudeExtractor._entries_accepted`)."""
 
-_OVER_BY_FIGURES = "the API's figures put it over the context window even with no entry shown"
+_OVER_BY_FIGURES = (
+    "refused twice alike, the API's figures putting it over the context window with no entry shown"
+)
 """Why a lone message is too large for any request, when the API's 400 tells it."""
 
-_OVER_BY_PROBE = "refused for its size with no entry shown, a harmless request accepted"
+_OVER_BY_PROBE = "refused for its size twice alike with no entry shown, a harmless request accepted"
 """Why a lone message is too large for any request, when a probe tells it."""
 
 _OVERLOADED_STATUSES = frozenset({529})
@@ -368,35 +370,110 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         await self.prepare()
         return await self._extract(batch, settle=True)
 
-    async def _extract(self, batch: ExtractionBatch, *, settle: bool) -> ExtractionResult:
+    async def _extract(
+        self, batch: ExtractionBatch, *, settle: bool, max_tokens: int | None = None
+    ) -> ExtractionResult:
         """One extraction of ``batch`` (two calls for an answer cut at its budget). When
         ``settle`` is set, a refusal that may not be the messages' fault is settled by
-        probes: the API's with a reason, and the model's."""
+        probes: the API's with a reason, and the model's; and a lone message the API's own
+        figures put over the context window is sent once more before it is taken for too
+        large for any request (:meth:`_sent_again`). ``max_tokens`` replaces the batch's
+        output budget (never grown): the room a window left a lone message's input, when
+        only the output asked put its request over, which is asked once."""
         request = self.request(batch)
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
         spent = TokenUsage()
         answered = False
         try:
-            response = await self._call(request)
-            if response.stop_reason == "max_tokens" and request["max_tokens"] < self.max_tokens:
-                spent = _usage(response)
-                request["max_tokens"] = self.max_tokens
-                response = await self._call(request)
+            response, spent = await self._answer(request, grow=max_tokens is None)
             answered = True
             result = self.read_answer(batch, response, budget=request["max_tokens"])
         except ExtractionError as failed:  # the cut answer's tokens were spent all the same
             failed.usage = (failed.usage or TokenUsage()).plus(spent)
-            if isinstance(failed, RejectedBatchError) and failed.over_the_window:
-                weigh_over_the_window(failed, request, batch)
-                if _never_fits(failed, request, batch):
-                    raise _oversized(failed, batch, _OVER_BY_FIGURES) from failed.__cause__
-            if not (settle and isinstance(failed, RejectedBatchError)):
-                raise
-            if not _may_be_elsewhere(failed, request, batch, answered=answered):
+            if not isinstance(failed, RejectedBatchError):
                 raise
             refused = failed
         else:
             return result.spending(result.usage.plus(spent))
-        return await self._settle(batch, request, refused)
+        if refused.over_the_window:
+            weigh_over_the_window(refused, request, batch)
+            room = _room_for_output(refused, batch)
+            if room is not None and max_tokens is None:
+                return await self._with_output(batch, refused, room, settle=settle)
+            if settle and _never_fits(refused, request, batch):
+                return await self._sent_again(batch, request, refused, _OVER_BY_FIGURES)
+            if settle and _alone_may_tell(refused, request, batch):
+                return await self._without_known(batch, refused, refused.usage or TokenUsage())
+        if settle and _may_be_elsewhere(refused, request, batch, answered=answered):
+            return await self._settle(batch, request, refused)
+        raise refused
+
+    async def _answer(self, request: dict[str, Any], *, grow: bool) -> tuple[Message, TokenUsage]:
+        """The API's answer to ``request``, asked once more with the whole ``max_tokens``
+        when cut at a smaller budget and ``grow`` is set, and the tokens a cut answer
+        spent (counted in the failure of the call after it)."""
+        response = await self._call(request)
+        cut = grow and response.stop_reason == "max_tokens"
+        if not (cut and request["max_tokens"] < self.max_tokens):
+            return response, TokenUsage()
+        spent = _usage(response)
+        request["max_tokens"] = self.max_tokens
+        try:
+            return await self._call(request), spent
+        except ExtractionError as failed:
+            failed.usage = (failed.usage or TokenUsage()).plus(spent)
+            raise
+
+    async def _with_output(
+        self, batch: ExtractionBatch, refused: RejectedBatchError, room: int, *, settle: bool
+    ) -> ExtractionResult:
+        """``batch``'s lone message extracted asking ``room`` output tokens, the most its
+        input leaves the context window, as ``refused`` (its input and its output budget
+        over the window) tells: the message fits a request, with a smaller output; the
+        refused call's tokens are counted with the result or the failure."""
+        spent = refused.usage or TokenUsage()
+        try:
+            result = await self._extract(batch, settle=settle, max_tokens=room)
+        except ExtractionError as failed:
+            failed.usage = spent.plus(failed.usage or TokenUsage())
+            raise
+        return result.spending(result.usage.plus(spent))
+
+    async def _sent_again(
+        self,
+        batch: ExtractionBatch,
+        request: dict[str, Any],
+        refused: RejectedBatchError,
+        why: str,
+    ) -> ExtractionResult:
+        """The lone message of ``batch``, its ``request`` (no known entry shown) ``refused``
+        for its size while a request without it fits (``why`` says how that is known),
+        sent once more as it was. One refusal for size may be a passing fault (a
+        gateway's 413, an API's 400 with figures of its own), so only the same refusal
+        again, with figures that agree, tells the message too large for any request:
+        :class:`OversizedMessageError`, quarantined at once. Answered, its result. Refused
+        otherwise, the message is at fault as any lone message refused is (tried
+        ``max_attempts`` times); failed otherwise (busy, a timeout), it is a failure that
+        may pass. Both calls' tokens are counted."""
+        spent = refused.usage or TokenUsage()
+        cut = TokenUsage()
+        try:
+            response, cut = await self._answer(request, grow=True)
+            result = self.read_answer(batch, response, budget=request["max_tokens"])
+        except ExtractionError as failed:
+            failed.usage = spent.plus(failed.usage or TokenUsage()).plus(cut)
+            if not isinstance(failed, RejectedBatchError):
+                raise
+            again = failed
+        else:
+            return result.spending(result.usage.plus(cut).plus(spent))
+        if again.over_the_window:
+            weigh_over_the_window(again, request, batch)
+        if _refused_alike(refused, again):
+            raise _oversized(again, batch, why) from again.__cause__
+        again.probe_accepted = True
+        raise again
 
     async def _settle(
         self, batch: ExtractionBatch, request: dict[str, Any], refused: RejectedBatchError
@@ -409,10 +486,10 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         fault (``refused`` is raised with ``probe_accepted``, for the engine to split
         the batch), unless a lone message's request was refused for its size with known
         entries shown: that message may fit without them, so it is extracted once more
-        without them, and blamed only if refused again (too large for any request). A
-        lone message refused for its size with no entry shown, weighing more than the
-        rest of the request, can never fit: :class:`OversizedMessageError`, quarantined
-        at once.
+        without them. A lone message refused for its size with no entry shown, weighing
+        more than the rest of the request, is sent once more as it was, and refused
+        alike it can never fit: :class:`OversizedMessageError`, quarantined at once
+        (:meth:`_sent_again`).
         Refused, and the batch shows no known entries, the account, the settings or the
         model are (a credit balance too low, a usage limit, a gateway's body
         limit below the fixed prompt for a 413, a model refusing whatever it is sent): a
@@ -435,8 +512,8 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             if sized_by_entries and len(batch.messages) == 1:  # fits alone, maybe
                 return await self._without_known(batch, refused, spent)
             refused.usage = spent
-            if refused.too_large and _outweighs_the_rest(request, batch):  # no entry shown
-                raise _oversized(refused, batch, _OVER_BY_PROBE) from refused.__cause__
+            if _alone_too_large(refused, request, batch):
+                return await self._sent_again(batch, request, refused, _OVER_BY_PROBE)
             refused.probe_accepted = True
             raise refused
         if batch.known:
@@ -518,9 +595,9 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         is new), its tokens counted with ``spent``. Refused again, the batch's messages
         are at fault too; unless the request, ``kept`` shown, was refused for its size: then
         the batch is extracted once more showing no entry, as the entries kept fit beside a
-        harmless message but may not beside the batch's. A lone message refused for its
-        size showing no entry is too large for any request, a harmless one being accepted
-        (:class:`OversizedMessageError`, when it outweighs the rest of the request)."""
+        harmless message but may not beside the batch's. A lone message, outweighing the
+        rest of its request, refused for its size showing no entry is sent once more as it
+        was: refused alike, it is too large for any request (:meth:`_sent_again`)."""
         left_out = [entry.entry_id for entry in batch.known if entry not in kept]
         _log.warning(
             "the Claude API refuses requests for user %r that show their known entries "
@@ -530,24 +607,25 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             batch.task_id,
             ", ".join(left_out),
         )
+        shown = dataclasses.replace(batch, known=kept)
         try:
-            result = await self._extract(dataclasses.replace(batch, known=kept), settle=False)
+            result = await self._extract(shown, settle=False)
         except ExtractionError as failed:
             failed.usage = spent.plus(failed.usage or TokenUsage())
-            if isinstance(failed, OversizedMessageError):
-                raise
-            if kept and isinstance(failed, RejectedBatchError) and failed.too_large:
-                return await self._without_known(batch, failed, failed.usage)
             if not isinstance(failed, RejectedBatchError):
                 raise
-            if failed.too_large and _outweighs_the_rest(self.request(batch), batch):
-                raise _oversized(failed, batch, _OVER_BY_PROBE) from failed.__cause__
-            failed.probe_accepted = True
-            raise
-        result = result.spending(result.usage.plus(spent))
-        return dataclasses.replace(
-            result, notes={**result.notes, "known_entries_left_out": ",".join(left_out)}
-        )
+            again = failed
+        else:
+            return _leaving_out(result.spending(result.usage.plus(spent)), left_out)
+        if kept and again.too_large:
+            return await self._without_known(batch, again, again.usage or TokenUsage())
+        request = self.request(shown)
+        if _alone_too_large(again, request, shown):
+            told = _OVER_BY_PROBE if again.context_tokens is None else _OVER_BY_FIGURES
+            result = await self._sent_again(shown, request, again, told)
+            return _leaving_out(result, left_out)
+        again.probe_accepted = True
+        raise again
 
     async def _call(self, request: dict[str, Any], *, retries: int | None = None) -> Message:
         """One Messages API call, its failures as ExtractionErrors; the SDK retries it as
@@ -1207,29 +1285,74 @@ def _estimated_prompt(request: dict[str, Any]) -> int:
 def _never_fits(
     refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch
 ) -> bool:
-    """Whether the API's figures in ``refused`` (weighed by
-    :func:`weigh_over_the_window`) show the lone message of ``batch``, weighing more than
-    the rest of its request
-    (:func:`_outweighs_the_rest`), over the context window even with no known entry shown
-    and the smallest output asked, while the fixed part alone fits (else every request
-    may be refused, for probes to tell). With no entry shown the API's own count of the
-    request says it; with entries, the request without them is memvee's estimate scaled
-    as the request's estimate is to the API's count, a tenth to spare."""
+    """Whether the API's figures in ``refused`` (weighed by :func:`weigh_over_the_window`)
+    show the lone message of ``batch``, shown with no known entry and weighing more than
+    the rest of its request (:func:`_outweighs_the_rest`), over the context window even
+    with the smallest output asked, while the fixed part alone fits (else every request
+    may be refused, for probes to tell). Only the API's own count of a request without
+    entries says it: an estimate scaled by a request's count with entries would weigh
+    the message by the entries' script (see :func:`_alone_may_tell`)."""
     prompt, window = refused.prompt_tokens, refused.context_tokens
     estimated, fixed = refused.estimated_tokens, refused.fixed_tokens
-    if None in (prompt, window, estimated, fixed) or not _outweighs_the_rest(request, batch):
+    if batch.known or None in (prompt, window, estimated, fixed):
         return False
     assert prompt is not None and window is not None and estimated and fixed is not None
+    if fixed * prompt > window * estimated or not _outweighs_the_rest(request, batch):
+        return False
     output = refused.output_tokens
     smallest_output = 0 if output is None else min(output, _OUTPUT_BASE)
-    if fixed * prompt > window * estimated:  # the fixed part is over too, by the figures
+    return prompt - (output or 0) + smallest_output > window
+
+
+def _alone_may_tell(
+    refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch
+) -> bool:
+    """Whether the lone message of ``batch``, weighing more than the rest of its request
+    and refused over the context window beside its known entries, is to be sent without
+    them at once, no probe asked: the API's figures put the fixed part within the window,
+    and a prompt over it is never refused for an entry's content, so only the message's
+    own request, its refusal's figures, tells whether it fits any request."""
+    prompt, window = refused.prompt_tokens, refused.context_tokens
+    estimated, fixed = refused.estimated_tokens, refused.fixed_tokens
+    if not batch.known or None in (prompt, window, estimated, fixed):
         return False
-    if not batch.known:
-        return prompt - (output or 0) + smallest_output > window
-    bare = dataclasses.replace(batch, known=())
-    without = {**request, "messages": [{"role": "user", "content": user_turn(bare)}]}
-    alone = (_estimated_prompt(without) + smallest_output) * prompt // estimated
-    return alone - alone // 10 > window
+    assert prompt is not None and window is not None and estimated and fixed is not None
+    return fixed * prompt <= window * estimated and _outweighs_the_rest(request, batch)
+
+
+def _alone_too_large(
+    refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch
+) -> bool:
+    """Whether ``refused``, the refusal of ``request`` for its size while a request
+    without ``batch``'s lone message fits, may tell the message too large for any
+    request, once it repeats (:meth:`ClaudeExtractor._sent_again`): no known entry is
+    shown, the message outweighs the rest of its request, and it is not its output alone
+    that put it over the window (a smaller ``max_tokens`` fits, :func:`_room_for_output`
+    with a useful output or not)."""
+    if not refused.too_large or batch.known or not _outweighs_the_rest(request, batch):
+        return False
+    prompt, window, output = refused.prompt_tokens, refused.context_tokens, refused.output_tokens
+    if prompt is None or window is None or output is None:
+        return True
+    return prompt - output + _OUTPUT_BASE > window
+
+
+def _room_for_output(refused: RejectedBatchError, batch: ExtractionBatch) -> int | None:
+    """The output tokens a context window leaves ``batch``'s lone message, when only the
+    output asked put its request over the window (``refused`` names the input's tokens
+    and the output's): at least :data:`_OUTPUT_BASE`, less than asked; None otherwise."""
+    prompt, window, output = refused.prompt_tokens, refused.context_tokens, refused.output_tokens
+    if len(batch.messages) != 1 or prompt is None or window is None or output is None:
+        return None
+    room = window - (prompt - output)
+    return room if _OUTPUT_BASE <= room < output else None
+
+
+def _refused_alike(first: RejectedBatchError, again: RejectedBatchError) -> bool:
+    """Whether ``again``, the refusal of a request sent once more as it was, repeats
+    ``first``: both for its size, in the same way (a 413, or a prompt over the context
+    window), with the same figures (the same prompt's tokens, window and output)."""
+    return first.too_large and again.too_large and first.size_figures() == again.size_figures()
 
 
 def _outweighs_the_rest(request: dict[str, Any], batch: ExtractionBatch) -> bool:
@@ -1268,6 +1391,13 @@ def _oversized(
         probe_accepted=True,
         too_large=True,
         **refused.size_figures(),
+    )
+
+
+def _leaving_out(result: ExtractionResult, left_out: list[str]) -> ExtractionResult:
+    """``result`` noting the known entries it was extracted without (``left_out``)."""
+    return dataclasses.replace(
+        result, notes={**result.notes, "known_entries_left_out": ",".join(left_out)}
     )
 
 

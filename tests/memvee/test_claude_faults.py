@@ -15,12 +15,14 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors import Engine
+from events import BatchMessage, ExtractionBatch, KnownEntry
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
 from memvee.audit import Audit
 from memvee.extractors import ClaudeExtractor
@@ -1843,9 +1845,11 @@ async def test_a_message_over_the_whole_context_is_quarantined_saying_so(
     sent, it is quarantined with the API's words for it, as a lone message over a body
     limit (413) is, and the messages beside it are extracted, within the run. The batch
     of three is split without a probe, and the API's figures show the message alone over
-    the window even without the entry shown beside it: it is quarantined at its first try
-    alone, 4 requests, 2 refused, no probe (each of its three tries alone used to be
-    probed, then tried once more without the entries: 12 requests, 7 refused, 3 probes)."""
+    the window: it is sent without the entry shown beside it at once, and that request,
+    refused by the API's own figures, once more. Refused alike, it is quarantined at its
+    first try alone, 6 requests, 4 refused, no probe (each of its three tries alone used
+    to be probed, then tried once more without the entries: 12 requests, 7 refused, 3
+    probes)."""
     with MessagesAPIServer(default_answer, max_prompt_tokens=4_000) as server:
         async with _memory_over(server, monkeypatch, tmp_path / "huge.db") as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
@@ -1856,8 +1860,8 @@ async def test_a_message_over_the_whole_context_is_quarantined_saying_so(
             assert "prompt is too long" in quarantined.error
             assert len(checked_coverage(memory, "ann").covered) == 2
     tokens = [_prompt_tokens(r) for r in server.requests]
-    assert runs == 1 and len(tokens) == 4 and quarantined.attempts == 1
-    assert sum(t > 4_000 for t in tokens) == 2 and not any(map(_is_probe, server.requests))
+    assert runs == 1 and len(tokens) == 6 and quarantined.attempts == 1
+    assert sum(t > 4_000 for t in tokens) == 4 and not any(map(_is_probe, server.requests))
 
 
 async def test_a_users_first_batch_after_a_restart_reserves_only_what_her_few_entries_weigh(
@@ -1946,11 +1950,12 @@ async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, db_url: str
 ) -> None:
     """Ann, with no known entry, sends a message too large for the body limit on its own:
-    its lone request is refused (413) and the same request with a harmless message in
-    place of it is accepted, so the message can never fit any request. It is quarantined
-    at once, saying why, its neighbours extracted within the run: 5 requests, 2 refused,
-    1 probe (it used to be tried alone three times, each refused and probed: 9 requests,
-    4 refused, 3 probes)."""
+    its lone request is refused (413), the same request with a harmless message in place
+    of it is accepted, and the message's request, sent once more, is refused alike, so
+    the message can never fit any request. It is quarantined at once, saying why, its
+    neighbours extracted within the run: 6 requests, 3 refused, 1 probe (it used to be
+    tried alone three times, each refused and probed: 9 requests, 4 refused, 3 probes;
+    one refusal, which may be a passing fault, quarantined it: 5, 2, 1)."""
     caplog.set_level(logging.WARNING)
     with MessagesAPIServer(default_answer, max_request_bytes=12_000) as server:
         async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
@@ -1974,7 +1979,7 @@ async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined
     assert differences(db_url) == [], "the projections equal a rebuild"
     requests = server.requests
     assert runs == 1
-    assert (len(requests), _refused(server, requests), sum(map(_is_probe, requests))) == (5, 2, 1)
+    assert (len(requests), _refused(server, requests), sum(map(_is_probe, requests))) == (6, 3, 1)
     assert any(
         "can never fit" in r.getMessage() and quarantined.message_id in r.getMessage()
         for r in caplog.records
@@ -1985,11 +1990,14 @@ async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
 ) -> None:
     """Ann's entries are shown beside her message whose prompt is over the context window
-    on its own: the API's 400 names its tokens and the window's, by which the message
-    cannot fit even with no entry and the smallest fixed part. It is quarantined at its
-    first try alone, without a probe or a try without the entries (each of its three
-    tries used to be probed and tried once more without the entries: 12 requests, 7
-    refused, 3 probes), and no task is left open."""
+    on its own: the API's 400 names its tokens and the window's, by which the fixed part
+    fits. The message is sent without the entries at once (no probe), and the API's own
+    figures for that request, refused alike once more, put it over the window even with
+    the smallest output. It is quarantined at its first try alone, without a probe: 6
+    requests, 4 refused (each of its three tries used to be probed and tried once more
+    without the entries: 12 requests, 7 refused, 3 probes; the figures of the request
+    with its entries, scaled, quarantined it at once: 4, 2), and no task is left
+    open."""
     with MessagesAPIServer(default_answer, max_prompt_tokens=4_000) as server:
         async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
@@ -2007,7 +2015,110 @@ async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_
     assert differences(db_url) == [], "the projections equal a rebuild"
     requests = server.requests[first:]
     assert runs == 1 and not any(map(_is_probe, requests))
-    assert (len(requests), _refused(server, requests)) == (4, 2)
+    assert (len(requests), _refused(server, requests)) == (6, 4)
+
+
+T0_FAULTS = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+"""When the messages and entries an extractor is given directly were sent."""
+
+PASSING_SIZE_FAULTS = {
+    "413": ScriptedResponse(413, error_body("request_too_large", "Request too large")),
+    "prompt is too long": ScriptedResponse(
+        400, error_body("invalid_request_error", "prompt is too long: 9999 tokens > 9000 maximum")
+    ),
+}
+"""Refusals for size a gateway or the API may answer once, for no limit of its own (the
+Claude soak serves the second as a passing fault)."""
+
+
+@pytest.mark.parametrize("fault", list(PASSING_SIZE_FAULTS))
+async def test_a_long_lone_message_refused_once_for_its_size_is_extracted_not_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str, fault: str
+) -> None:
+    """No limit at all: the first request holding Ann's long message alone (it outweighs
+    the fixed prompt) is refused for its size once, a passing fault, and every request
+    after it is answered. The same request is sent once more and extracted within the
+    run: one refusal never tells a message too large for any request (it was quarantined
+    at that first refusal). Requests: the message's, refused, (for the 413, a probe),
+    and the same request sent again, answered."""
+    refused_once = {"done": False}
+
+    def once(request: RecordedRequest) -> ScriptedResponse:
+        lone = [m.get("content") for m in request.messages]
+        if len(lone) == 1 and MARK in str(lone[0]) and not refused_once["done"]:
+            refused_once["done"] = True
+            return PASSING_SIZE_FAULTS[fault]
+        return default_answer(request)
+
+    with MessagesAPIServer(once) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
+            await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_200)
+            runs = await _run_until_settled(memory, "ann")
+            assert await memory.quarantined("ann") == []
+            found = checked_coverage(memory, "ann")
+            assert len(found.covered) == 1 and not found.buffered
+            assert all(t.done for t in await memory.tasks("ann")), "no task is left open"
+    assert differences(db_url) == [], "the projections equal a rebuild"
+    requests = server.requests
+    probes = sum(map(_is_probe, requests))
+    assert runs == 1 and refused_once["done"]
+    assert (len(requests), probes) == ((3, 1) if fault == "413" else (2, 0))
+    assert requests[-1].body == requests[0].body, "the same request, sent once more"
+
+
+async def test_a_message_that_fits_the_window_alone_is_extracted_though_its_entries_count_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ann's message is in Chinese, her 100 known entries in English: the API counts her
+    Chinese at some three quarters of memvee's estimate and the entries at about it. Her
+    request with the entries is over the 8,500-token window; alone, the API counts the
+    message's request 8,232 tokens, within it. The refusal's figures, scaled as the whole
+    request's count is to memvee's estimate, overstated the message alone (9,934) and
+    took it for too large for any request; it is sent without the entries, no probe, and
+    extracted, its entries noted as left out."""
+    message = BatchMessage("msg-cjk", "user", "我喜欢在河边散步看船。" * 818, T0_FAULTS)
+    known = tuple(
+        KnownEntry(f"e-{i}", f"User likes thing {i} " + "and many words more " * 60, T0_FAULTS)
+        for i in range(100)
+    )
+    batch = ExtractionBatch(user_id="ann", task_id="t1", messages=(message,), known=known)
+    with MessagesAPIServer(default_answer, max_prompt_tokens=8_500) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
+        extractor = ClaudeExtractor(max_retries=0)
+        try:
+            result = await extractor.extract(batch)
+        finally:
+            await extractor.aclose()
+    assert result.facts
+    assert result.notes["known_entries_left_out"] == ",".join(e.entry_id for e in known)
+    with_entries, alone = (_prompt_tokens(r) for r in server.requests)
+    assert with_entries > 8_500 >= alone and alone == 8_232
+    assert server.requests[1].known == [] and not any(map(_is_probe, server.requests))
+
+
+async def test_a_lone_message_over_the_window_only_with_its_output_budget_is_extracted_asking_less(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    """The window holds the output asked too: Ann's long message's prompt fits it, with
+    its output budget it does not ("input length and `max_tokens` exceed context
+    limit"). It is sent once more asking the output the window leaves its input, and
+    extracted within the run, never taken for too large for any request (it was
+    quarantined at once, though a smaller ``max_tokens`` fits): 2 requests, no probe."""
+    with MessagesAPIServer(
+        default_answer, max_prompt_tokens=8_000, counts_max_tokens=True
+    ) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
+            await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_250)
+            runs = await _run_until_settled(memory, "ann")
+            assert await memory.quarantined("ann") == []
+            found = checked_coverage(memory, "ann")
+            assert len(found.covered) == 1 and not found.buffered
+    assert differences(db_url) == [], "the projections equal a rebuild"
+    first, again = server.requests
+    assert runs == 1 and first.body["max_tokens"] > 8_000 - _prompt_tokens(first)
+    assert again.body["max_tokens"] == 8_000 - _prompt_tokens(again) >= 512
+    assert again.messages == first.messages
 
 
 async def test_a_users_entries_grown_by_a_tasks_first_batch_are_planned_beside_its_second(
