@@ -13,7 +13,10 @@ wedged, the live projections equal a rebuild, every failure a caller sees is typ
 the API key shows in no log record.
 
 A passing fault passes: no message meets more than ``MAX_ATTEMPTS - 1`` of them, since a
-message failing alone ``MAX_ATTEMPTS`` times is quarantined by design, whatever the cause.
+message failing alone ``MAX_ATTEMPTS`` times is quarantined by design, whatever the cause;
+and none meets the over-long prompt twice, since a lone message whose request is refused
+for its size twice alike is quarantined at once, too large for any request (some are
+long enough, weighing more than the fixed prompt, for that path to meet the fault).
 The body size limit is no such fault: a request over it is refused every time. The seed
 fixes the draws and the callers' choices, not the interleaving, so what is asserted holds
 whatever order the requests come in; no assertion is about time.
@@ -62,6 +65,8 @@ POISON = "poison"
 REFUSED = "the stand-in refuses every request holding poison"
 API_KEY = "sk-ant-soak-KEY-THAT-MUST-NEVER-BE-LOGGED-0123456789"
 FAULT_RATE = 0.3
+SIZE_FAULT = "prompt is too long"
+"""The passing refusal for size, met by a message once at most."""
 MAX_ATTEMPTS = 3
 FAULT_BUDGET = MAX_ATTEMPTS - 1
 """How many faulted requests may hold one message: a passing fault passes, so no healthy
@@ -69,9 +74,13 @@ message ever fails alone ``MAX_ATTEMPTS`` times because of the chaos alone."""
 TIMEOUT = 1.0
 """The client's timeout; the slow answer comes later than that."""
 PADDING = " and then some more" * 100
-"""Makes a message long: a batch of a few long ones is over the stand-in's size limit,
-one alone never is."""
-MAX_REQUEST_BYTES = 12_000
+"""Makes a message long, its batch nearer the stand-in's size limit."""
+LONG = " and then some more" * 350
+"""Makes a message weigh more than the fixed prompt (the system prompt and the tool, some
+6,000 bytes): a refusal for size of it alone may tell it too large for any request, so a
+passing one must not. Alone (no entry shown) its request is within the stand-in's size
+limit; beside another such message, or many entries, it is not."""
+MAX_REQUEST_BYTES = 16_000
 
 
 def _error(status: int, kind: str, **headers: str) -> Callable[[RecordedRequest], ScriptedResponse]:
@@ -98,7 +107,7 @@ MENU: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
     "off-schema tool input": _body(lambda: tool_use_body("not a list of facts")),
     "no content": _body(empty_body),
     "refusal": _body(refusal_body),
-    "prompt is too long": lambda r: ScriptedResponse(
+    SIZE_FAULT: lambda r: ScriptedResponse(
         400, error_body("invalid_request_error", "prompt is too long: 9999 tokens > 9000 maximum")
     ),
 }
@@ -108,13 +117,18 @@ MENU: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
 class Chaos:
     """The stand-in's responder: poison is refused (400) every time; with ``rate`` any
     other request gets a fault drawn from :data:`MENU`, unless one of its messages met
-    :data:`FAULT_BUDGET` faults already; else the default answer, citing every message."""
+    :data:`FAULT_BUDGET` faults already, or the fault is :data:`SIZE_FAULT` and one of them
+    met it already (a refusal for size repeated is a limit's, not a passing fault); else
+    the default answer, citing every message. A :data:`LONG` message alone always draws
+    :data:`SIZE_FAULT`, so that the path of a lone message outweighing its request meets
+    it."""
 
     def __init__(self, seed: int, rate: float) -> None:
         self.rate = rate
         self.served: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._faults_met: Counter[str] = Counter()
+        self._sized: set[str] = set()
         self._lock = threading.Lock()
 
     def __call__(self, request: RecordedRequest) -> ScriptedResponse:
@@ -126,11 +140,17 @@ class Chaos:
         with self._lock:
             roll, kind = self._random.random(), self._random.choice(list(MENU))
             probe = contents == ["Hello."]  # a harmless request: never a message's budget
+            if len(contents) == 1 and LONG in contents[0]:
+                kind = SIZE_FAULT  # the fault its size invites, for the path it takes alone
             spent = any(self._faults_met[c] >= FAULT_BUDGET for c in contents)
-            if roll >= self.rate or (spent and not probe):
+            sized = kind == SIZE_FAULT and any(c in self._sized for c in contents)
+            if roll >= self.rate or ((spent or sized) and not probe):
                 return default_answer(request)
             if not probe:
                 self._faults_met.update(contents)
+                self._sized.update(contents if kind == SIZE_FAULT else ())
+            if kind == SIZE_FAULT and len(contents) == 1 and LONG in contents[0]:
+                self.served["its over-long prompt, to a long message alone"] += 1
             self.served[kind] += 1
         return MENU[kind](request)
 
@@ -197,7 +217,8 @@ async def _caller(
                 turn += 1
                 poison = rnd.random() < 0.05
                 said = f"{user} turn {turn}: I live in Lisbon" + (f" {POISON}" if poison else "")
-                said += PADDING if rnd.random() < 0.15 else ""
+                length = rnd.random()
+                said += PADDING if length < 0.15 else LONG if length < 0.22 else ""
                 stored = await memory.add_exchange(user, said, f"{user} noted {turn}")
                 ledger.acknowledged.setdefault(user, []).extend(m.message_id for m in stored)
                 if poison:
