@@ -51,7 +51,7 @@ from events import (
     user_log_id,
 )
 from memvee import ExtractorNotFoundError, InvalidInputError, Memory, MemoryConfig
-from memvee._bulk import BulkReextraction
+from memvee._bulk import BulkReextraction, BulkReport
 from memvee._bulk.claims import Claims
 from memvee._bulk.fallback import DirectFallback
 from memvee._bulk.kept import KeptBatches
@@ -993,6 +993,22 @@ async def test_a_lone_message_over_the_window_only_for_the_output_asked_goes_aga
     assert differences(db_url) == []
 
 
+async def _stopped_before_collecting_then_run(
+    audit: Audit, monkeypatch: pytest.MonkeyPatch
+) -> BulkReport:
+    """Run cat's bulk re-extraction stopped before it collects its Message Batch (as a
+    process killed then), then a run to the end; returns that second run's report."""
+
+    async def killed(self: BulkReextraction, *args: Any, **kw: Any) -> None:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BulkReextraction, "_finish", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            await _run(audit, users=["cat"])
+    return await _run(audit, users=["cat"])
+
+
 async def test_an_earlier_runs_lone_message_refused_for_the_output_asked_goes_again_asking_less(
     db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1006,15 +1022,8 @@ async def test_an_earlier_runs_lone_message_refused_for_the_output_asked_goes_ag
     server.max_prompt_tokens = estimate_tokens(_bulk_params(said[0])) + 2000
     server.counts_max_tokens = True
 
-    async def killed(self: BulkReextraction, *args: Any, **kw: Any) -> None:
-        raise RuntimeError("killed")
-
     with Audit(db_url=db_url) as audit:
-        with monkeypatch.context() as patch:
-            patch.setattr(BulkReextraction, "_finish", killed)
-            with pytest.raises(RuntimeError, match="killed"):
-                await _run(audit, users=["cat"])
-        report = await _run(audit, users=["cat"])
+        report = await _stopped_before_collecting_then_run(audit, monkeypatch)
         (added,) = [e for e in audit.store.events_of("cat") if isinstance(e, UserLog.MessageAdded)]
         recorded = [m for e in _reextracted(audit, "cat") for m in e.message_ids]
         pinned = _kept_as_repeating(audit, "cat")
@@ -1174,15 +1183,8 @@ async def test_an_earlier_runs_lone_message_over_the_window_beside_its_entries_g
     await _said_by_cat(db_url, [late])
     server.max_prompt_tokens = estimate_tokens(_bulk_params(late)) + 50
 
-    async def killed(self: BulkReextraction, *args: Any, **kw: Any) -> None:
-        raise RuntimeError("killed")
-
     with Audit(db_url=db_url) as audit:
-        with monkeypatch.context() as patch:
-            patch.setattr(BulkReextraction, "_finish", killed)
-            with pytest.raises(RuntimeError, match="killed"):
-                await _run(audit, users=["cat"])
-        report = await _run(audit, users=["cat"])
+        report = await _stopped_before_collecting_then_run(audit, monkeypatch)
         (late_id,) = [
             e.message_id
             for e in audit.store.events_of("cat")
