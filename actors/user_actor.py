@@ -51,7 +51,6 @@ from events import (
     KnownEntry,
     MemveeError,
     NotFoundError,
-    OversizedMessageError,
     Recorded,
     RejectedBatchError,
     ReplacedEntry,
@@ -369,20 +368,9 @@ class UserActor(PooledActor):
         most = shown_budget(self._services.settings.limits.max_tokens)
         return max(shown, min(shown + added, most))
 
-    def _log_quarantined(
-        self, quarantined: list[str], error: str, *, never_fits: bool = False
-    ) -> None:
-        """Warn of each message quarantined after failing alone ``max_attempts`` times, or
-        at once when it ``never_fits`` a request (:class:`OversizedMessageError`)."""
+    def _log_quarantined(self, quarantined: list[str], error: str) -> None:
+        """Warn of each message quarantined after failing alone ``max_attempts`` times."""
         for message_id in quarantined:
-            if never_fits:
-                log.warning(
-                    "user %r: message %s quarantined at once, too large for any request: %s",
-                    self.user_id,
-                    message_id,
-                    error,
-                )
-                continue
             log.warning(
                 "user %r: message %s quarantined after failing alone %d times: %s",
                 self.user_id,
@@ -909,7 +897,6 @@ class UserActor(PooledActor):
         failure records it, or ``memvee stats`` would never count that paid call.
         """
         again = repeats(error)
-        never_fits = isinstance(error, OversizedMessageError)
         text = self._describe(error)
         wait = asked_to_wait(error)
         claimed = self._batch_messages
@@ -965,7 +952,6 @@ class UserActor(PooledActor):
                 blamed=blamed,
                 whole=whole,
                 refused=refused,
-                never_fits=never_fits,
                 usage=usage,
                 extractor=extractor.name,
                 model=getattr(extractor, "model", None),
@@ -985,7 +971,7 @@ class UserActor(PooledActor):
             self._unended = (*self._unended, task_id)
             self._batch_ended(task_id, "FAILED", text, recorded=False)
             return
-        self._log_quarantined(quarantined, text, never_fits=never_fits)
+        self._log_quarantined(quarantined, text)
         self._task_covered += len(quarantined)
         if again or quarantined:
             log.info("user %r: task %s: a batch failed, split: %s", self.user_id, task_id, text)

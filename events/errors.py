@@ -422,14 +422,13 @@ class RejectedBatchError(ExtractionError):
 
 
 class OversizedMessageError(RejectedBatchError):
-    """A lone message too large for any request: weighing more than the rest of its
-    request, its request with no known entry shown was refused for its size twice alike
-    (the same request sent once more, refused the same way with the same figures: a 413,
-    or the API's own count over the context window even with the smallest output), while
-    a request without it fits. One refusal may be a passing fault; repeated, it can never
-    fit, so the engine quarantines it at once (no try of ``max_attempts`` can succeed) and
-    goes on with the messages after it; requeued, it is tried again (a limit may have been
-    raised since)."""
+    """A lone message blamed for its size: weighing more than the rest of its request, its
+    request with no known entry shown was refused for its size (a 413, or the API's own
+    count over the context window even with the smallest output) while a request without
+    it fits (a probe accepted, or the API's figures tell it). The refusal may be a passing
+    fault, so it is counted as one failed attempt of the message, not sent again at once:
+    the engine quarantines it after ``max_attempts`` such attempts, spread over its retry
+    backoff, as any lone message refused; requeued, it is tried again."""
 
 
 INPUT_REFUSED_STATUSES = frozenset({400, 413, 422})

@@ -1008,7 +1008,6 @@ class UserLog(Aggregate):
         blamed: bool = False,
         whole: bool = False,
         refused: bool = False,
-        never_fits: bool = False,
         usage: TokenUsage = _NO_USAGE,
         extractor: str | None = None,
         model: str | None = None,
@@ -1024,10 +1023,8 @@ class UserLog(Aggregate):
         same, so that no batch stays whole for good. A message that failed alone
         ``limits.max_attempts`` times (errors that repeat, or that were ``blamed`` on it)
         is quarantined instead. ``refused`` marks a failure that waiting does not make
-        pass (:attr:`ProcessingFailed.refused`). ``never_fits``: a lone message refused as
-        too large for any request (:class:`OversizedMessageError`) is quarantined at once,
-        as no further attempt can succeed. ``usage``, ``extractor`` and ``model`` record
-        what the failed calls spent.
+        pass (:attr:`ProcessingFailed.refused`). ``usage``, ``extractor`` and ``model``
+        record what the failed calls spent.
         """
         claimed = self._open_task(task_id)
         error = storable(error) if error else "unknown error"
@@ -1040,7 +1037,7 @@ class UserLog(Aggregate):
         if len(claimed) == 1 and (repeats or blamed):
             (message_id,) = claimed
             attempts = self.parked.get(message_id, 0) + 1
-            if never_fits or limits.gives_up(attempts):
+            if limits.gives_up(attempts):
                 final = not self._left_in_scope(task_id)
                 self.trigger_event(
                     self.MessagesQuarantined,

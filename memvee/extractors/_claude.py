@@ -146,12 +146,23 @@ enough to find one refused entry among 2,048 (a batch shows at most 100), or two
 30 (see :meth:`ClaudeExtractor._entries_accepted`)."""
 
 _OVER_BY_FIGURES = (
-    "refused twice alike, the API's figures putting it over the context window with no entry shown"
+    "the API's figures put it over the context window with no entry shown even with the "
+    "smallest output, and memvee's estimate of the rest of its request, scaled by them, within"
 )
-"""Why a lone message is too large for any request, when the API's 400 tells it."""
+"""Why a lone message is blamed for its size, when the API's 400 tells it."""
 
-_OVER_BY_PROBE = "refused for its size twice alike with no entry shown, a harmless request accepted"
-"""Why a lone message is too large for any request, when a probe tells it."""
+_OVER_BY_PROBE = (
+    "refused for its size with no entry shown, a harmless request in its place accepted"
+)
+"""Why a lone message is blamed for its size, when a probe tells it."""
+
+_OVER_BESIDE_ENTRIES = (
+    "refused for its size with no entry shown, after its request with entries was refused "
+    "over the context window by figures putting the rest of it, scaled by memvee's estimate, "
+    "within (no probe sent)"
+)
+"""Why a lone message is blamed for its size, when it was sent without its entries because
+the figures of its request with them told it (:func:`_alone_may_tell`), no probe sent."""
 
 _OVERLOADED_STATUSES = frozenset({529})
 """Statuses of an API too busy for any request: never the batch's fault."""
@@ -376,8 +387,8 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         """One extraction of ``batch`` (two calls for an answer cut at its budget). When
         ``settle`` is set, a refusal that may not be the messages' fault is settled by
         probes: the API's with a reason, and the model's; and a lone message the API's own
-        figures put over the context window is sent once more before it is taken for too
-        large for any request (:meth:`_sent_again`). ``max_tokens`` replaces the batch's
+        figures put over the context window is blamed for its size at once, no probe sent
+        (:func:`_oversized`: one failed attempt of it). ``max_tokens`` replaces the batch's
         output budget (never grown): the room a window left a lone message's input, when
         only the output asked put its request over, which is asked once."""
         request = self.request(batch)
@@ -402,9 +413,10 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             if room is not None and max_tokens is None:
                 return await self._with_output(batch, refused, room, settle=settle)
             if settle and _never_fits(refused, request, batch):
-                return await self._sent_again(batch, request, refused, _OVER_BY_FIGURES)
+                raise _oversized(refused, batch, _OVER_BY_FIGURES) from refused.__cause__
             if settle and _alone_may_tell(refused, request, batch):
-                return await self._without_known(batch, refused, refused.usage or TokenUsage())
+                spent = refused.usage or TokenUsage()
+                return await self._without_known(batch, refused, spent, probed=False)
         if settle and _may_be_elsewhere(refused, request, batch, answered=answered):
             return await self._settle(batch, request, refused)
         raise refused
@@ -440,41 +452,6 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             raise
         return result.spending(result.usage.plus(spent))
 
-    async def _sent_again(
-        self,
-        batch: ExtractionBatch,
-        request: dict[str, Any],
-        refused: RejectedBatchError,
-        why: str,
-    ) -> ExtractionResult:
-        """The lone message of ``batch``, its ``request`` (no known entry shown) ``refused``
-        for its size while a request without it fits (``why`` says how that is known),
-        sent once more as it was. One refusal for size may be a passing fault (a
-        gateway's 413, an API's 400 with figures of its own), so only the same refusal
-        again, with figures that agree, tells the message too large for any request:
-        :class:`OversizedMessageError`, quarantined at once. Answered, its result. Refused
-        otherwise, the message is at fault as any lone message refused is (tried
-        ``max_attempts`` times); failed otherwise (busy, a timeout), it is a failure that
-        may pass. Both calls' tokens are counted."""
-        spent = refused.usage or TokenUsage()
-        cut = TokenUsage()
-        try:
-            response, cut = await self._answer(request, grow=True)
-            result = self.read_answer(batch, response, budget=request["max_tokens"])
-        except ExtractionError as failed:
-            failed.usage = spent.plus(failed.usage or TokenUsage()).plus(cut)
-            if not isinstance(failed, RejectedBatchError):
-                raise
-            again = failed
-        else:
-            return result.spending(result.usage.plus(cut).plus(spent))
-        if again.over_the_window:
-            weigh_over_the_window(again, request, batch)
-        if _refused_alike(refused, again):
-            raise _oversized(again, batch, why) from again.__cause__
-        again.probe_accepted = True
-        raise again
-
     async def _settle(
         self, batch: ExtractionBatch, request: dict[str, Any], refused: RejectedBatchError
     ) -> ExtractionResult:
@@ -487,9 +464,9 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         the batch), unless a lone message's request was refused for its size with known
         entries shown: that message may fit without them, so it is extracted once more
         without them. A lone message refused for its size with no entry shown, weighing
-        more than the rest of the request, is sent once more as it was, and refused
-        alike it can never fit: :class:`OversizedMessageError`, quarantined at once
-        (:meth:`_sent_again`).
+        more than the rest of the request, is blamed for its size, not sent again:
+        :class:`OversizedMessageError`, one failed attempt of the message (quarantined
+        after ``max_attempts`` of them, as any lone message refused).
         Refused, and the batch shows no known entries, the account, the settings or the
         model are (a credit balance too low, a usage limit, a gateway's body
         limit below the fixed prompt for a 413, a model refusing whatever it is sent): a
@@ -513,7 +490,7 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
                 return await self._without_known(batch, refused, spent)
             refused.usage = spent
             if _alone_too_large(refused, request, batch):
-                return await self._sent_again(batch, request, refused, _OVER_BY_PROBE)
+                raise _oversized(refused, batch, _OVER_BY_PROBE) from refused.__cause__
             refused.probe_accepted = True
             raise refused
         if batch.known:
@@ -589,6 +566,8 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         refused: RejectedBatchError,
         spent: TokenUsage,
         kept: tuple[KnownEntry, ...] = (),
+        *,
+        probed: bool = True,
     ) -> ExtractionResult:
         """``batch`` extracted without the known entries that got its request refused,
         showing only ``kept`` (facts about the others then relate to none of them: each
@@ -596,8 +575,9 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         are at fault too; unless the request, ``kept`` shown, was refused for its size: then
         the batch is extracted once more showing no entry, as the entries kept fit beside a
         harmless message but may not beside the batch's. A lone message, outweighing the
-        rest of its request, refused for its size showing no entry is sent once more as it
-        was: refused alike, it is too large for any request (:meth:`_sent_again`)."""
+        rest of its request, refused for its size showing no entry is blamed for its size
+        (:func:`_oversized`), told by a probe when ``probed`` (one was accepted), else by
+        the figures of the refusal beside the entries."""
         left_out = [entry.entry_id for entry in batch.known if entry not in kept]
         _log.warning(
             "the Claude API refuses requests for user %r that show their known entries "
@@ -618,12 +598,12 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
         else:
             return _leaving_out(result.spending(result.usage.plus(spent)), left_out)
         if kept and again.too_large:
-            return await self._without_known(batch, again, again.usage or TokenUsage())
+            spent = again.usage or TokenUsage()
+            return await self._without_known(batch, again, spent, probed=probed)
         request = self.request(shown)
         if _alone_too_large(again, request, shown):
-            told = _OVER_BY_PROBE if again.context_tokens is None else _OVER_BY_FIGURES
-            result = await self._sent_again(shown, request, again, told)
-            return _leaving_out(result, left_out)
+            told = _OVER_BY_PROBE if probed else _OVER_BESIDE_ENTRIES
+            raise _oversized(again, shown, told) from again.__cause__
         again.probe_accepted = True
         raise again
 
@@ -1290,8 +1270,11 @@ def _never_fits(
     the rest of its request (:func:`_outweighs_the_rest`), over the context window even
     with the smallest output asked, while the fixed part alone fits (else every request
     may be refused, for probes to tell). Only the API's own count of a request without
-    entries says it: an estimate scaled by a request's count with entries would weigh
-    the message by the entries' script (see :func:`_alone_may_tell`)."""
+    entries puts the message over: an estimate scaled by a request's count with entries
+    would weigh the message by the entries' script (see :func:`_alone_may_tell`). That
+    the fixed part fits is memvee's estimate scaled by the API's figures, a veto only:
+    judged over, the refusal is left to probes. Told, the message is blamed for one
+    failed attempt, never quarantined at once: a passing fault may carry such figures."""
     prompt, window = refused.prompt_tokens, refused.context_tokens
     estimated, fixed = refused.estimated_tokens, refused.fixed_tokens
     if batch.known or None in (prompt, window, estimated, fixed):
@@ -1324,8 +1307,8 @@ def _alone_too_large(
     refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch
 ) -> bool:
     """Whether ``refused``, the refusal of ``request`` for its size while a request
-    without ``batch``'s lone message fits, may tell the message too large for any
-    request, once it repeats (:meth:`ClaudeExtractor._sent_again`): no known entry is
+    without ``batch``'s lone message fits, blames the message for its size
+    (:func:`_oversized`), with no resend nor retry without entries: no known entry is
     shown, the message outweighs the rest of its request, and it is not its output alone
     that put it over the window (a smaller ``max_tokens`` fits, :func:`_room_for_output`
     with a useful output or not)."""
@@ -1348,20 +1331,13 @@ def _room_for_output(refused: RejectedBatchError, batch: ExtractionBatch) -> int
     return room if _OUTPUT_BASE <= room < output else None
 
 
-def _refused_alike(first: RejectedBatchError, again: RejectedBatchError) -> bool:
-    """Whether ``again``, the refusal of a request sent once more as it was, repeats
-    ``first``: both for its size, in the same way (a 413, or a prompt over the context
-    window), with the same figures (the same prompt's tokens, window and output)."""
-    return first.too_large and again.too_large and first.size_figures() == again.size_figures()
-
-
 def _outweighs_the_rest(request: dict[str, Any], batch: ExtractionBatch) -> bool:
     """Whether ``batch`` is a lone message that weighs more than the rest of ``request``
     with no known entry shown (the fixed prompt, the tool), as :func:`outweighed` judges:
-    only such a message, refused for its size where a request without it fits, is taken
-    for too large for any request at once. A refusal for size of a smaller one tells too
-    little against it (an API's or a gateway's passing fault may answer so): it is tried
-    ``max_attempts`` times, as any refusal of a lone message."""
+    only such a message, refused for its size where a request without it fits, is blamed
+    for its size with no further request (:func:`_oversized`). A refusal for size of a
+    smaller one tells too little against it (its known entries may be at fault): it is
+    probed and tried without them first."""
     if len(batch.messages) != 1:
         return False
     bare = dataclasses.replace(batch, known=())
@@ -1372,13 +1348,14 @@ def _outweighs_the_rest(request: dict[str, Any], batch: ExtractionBatch) -> bool
 def _oversized(
     refused: RejectedBatchError, batch: ExtractionBatch, why: str
 ) -> OversizedMessageError:
-    """``refused``, the refusal of ``batch``'s lone message for its size, told as a message
-    too large for any request (``why`` says how that is known), logged with its user, task
-    and message: the engine quarantines it at once."""
+    """``refused``, the refusal of ``batch``'s lone message for its size where a request
+    without it fits (``why`` says how that is known), blamed on the message and logged
+    with its user, task and message: one failed attempt of it, not sent again now (a
+    passing fault may refuse it so too), quarantined after ``max_attempts`` of them."""
     message = batch.messages[0].message_id
     _log.warning(
         "the Claude API refuses message %s of user %r (task %s) for its size (%s): %s, so "
-        "it can never fit and is quarantined at once",
+        "it is blamed for one failed attempt",
         message,
         batch.user_id,
         batch.task_id,
@@ -1386,7 +1363,7 @@ def _oversized(
         why,
     )
     return OversizedMessageError(
-        f"{refused} (the message can never fit a request: {why})",
+        f"{refused} (the message is blamed for its size, one failed attempt: {why})",
         usage=refused.usage,
         probe_accepted=True,
         too_large=True,

@@ -489,19 +489,6 @@ def test_a_batch_that_fails_the_same_way_is_split_until_the_culprit_is_quarantin
     assert [(q.message_ids, q.attempts, q.final) for q in quarantined] == [([poison], 3, True)]
 
 
-def test_a_lone_message_that_never_fits_a_request_is_quarantined_at_its_first_failure() -> None:
-    """A failure that says the lone message is too large for any request (``never_fits``)
-    quarantines it at once: the tries ``max_attempts`` allows could only fail alike. The
-    batches before it split as before, and the messages after it are not held up."""
-    log, ids = _log_with(8)
-    huge = ids[5]
-    batches = _run_task(log, "t1", {huge}, repeats=True, never_fits=True)
-    assert batches == [ids[0:4], ids[4:8], ids[4:6], [ids[4]], [huge], ids[6:8]]
-    assert log.quarantined == {huge: 7} and log.pending == {} and log.running == {}
-    quarantined = [e for e in log.collect_events() if isinstance(e, UserLog.MessagesQuarantined)]
-    assert [(q.message_ids, q.attempts, q.final) for q in quarantined] == [([huge], 1, False)]
-
-
 def test_requeue_puts_quarantined_messages_back_in_log_order() -> None:
     log, ids = _log_with(3)
     _run_task(log, "t1", {ids[0]}, repeats=True)

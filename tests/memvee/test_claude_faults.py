@@ -1846,10 +1846,10 @@ async def test_a_message_over_the_whole_context_is_quarantined_saying_so(
     limit (413) is, and the messages beside it are extracted, within the run. The batch
     of three is split without a probe, and the API's figures show the message alone over
     the window: it is sent without the entry shown beside it at once, and that request,
-    refused by the API's own figures, once more. Refused alike, it is quarantined at its
-    first try alone, 6 requests, 4 refused, no probe (each of its three tries alone used
-    to be probed, then tried once more without the entries: 12 requests, 7 refused, 3
-    probes)."""
+    refused by the API's own figures, blames it for one attempt. It is quarantined after
+    its three attempts: 9 requests, 7 refused, no probe (each attempt used to be probed,
+    then tried once more without the entries: 12 requests, 7 refused, 3 probes; a resend
+    refused alike quarantined it at its first: 6, 4, 0)."""
     with MessagesAPIServer(default_answer, max_prompt_tokens=4_000) as server:
         async with _memory_over(server, monkeypatch, tmp_path / "huge.db") as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
@@ -1860,8 +1860,8 @@ async def test_a_message_over_the_whole_context_is_quarantined_saying_so(
             assert "prompt is too long" in quarantined.error
             assert len(checked_coverage(memory, "ann").covered) == 2
     tokens = [_prompt_tokens(r) for r in server.requests]
-    assert runs == 1 and len(tokens) == 6 and quarantined.attempts == 1
-    assert sum(t > 4_000 for t in tokens) == 4 and not any(map(_is_probe, server.requests))
+    assert runs == 1 and len(tokens) == 9 and quarantined.attempts == 3
+    assert sum(t > 4_000 for t in tokens) == 7 and not any(map(_is_probe, server.requests))
 
 
 async def test_a_users_first_batch_after_a_restart_reserves_only_what_her_few_entries_weigh(
@@ -1946,16 +1946,15 @@ def _refused(server: MessagesAPIServer, requests: list[RecordedRequest]) -> int:
     return refused
 
 
-async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined_at_its_first_try(
+async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined_after_its_attempts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, db_url: str
 ) -> None:
     """Ann, with no known entry, sends a message too large for the body limit on its own:
-    its lone request is refused (413), the same request with a harmless message in place
-    of it is accepted, and the message's request, sent once more, is refused alike, so
-    the message can never fit any request. It is quarantined at once, saying why, its
-    neighbours extracted within the run: 6 requests, 3 refused, 1 probe (it used to be
-    tried alone three times, each refused and probed: 9 requests, 4 refused, 3 probes;
-    one refusal, which may be a passing fault, quarantined it: 5, 2, 1)."""
+    its lone request is refused (413) and the same request with a harmless message in
+    place of it is accepted, which blames the message for one attempt (a 413 may be a
+    passing fault, so it is never quarantined at once). After its three attempts it is
+    quarantined, saying why, its neighbours extracted within the run: 9 requests, 4
+    refused, 3 probes (a resend refused alike quarantined it at its first: 6, 3, 1)."""
     caplog.set_level(logging.WARNING)
     with MessagesAPIServer(default_answer, max_request_bytes=12_000) as server:
         async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
@@ -1971,17 +1970,17 @@ async def test_a_lone_message_over_the_body_limit_with_no_entries_is_quarantined
                 _refused(server, server.requests),
                 sum(map(_is_probe, server.requests)),
             )
-            assert "413" in quarantined.error and "can never fit" in quarantined.error
-            assert quarantined.attempts == 1
+            assert "413" in quarantined.error and "blamed for its size" in quarantined.error
+            assert quarantined.attempts == 3
             found = checked_coverage(memory, "ann")
             assert len(found.covered) == 2 and not found.buffered
             assert all(t.done for t in await memory.tasks("ann")), "no task is left open"
     assert differences(db_url) == [], "the projections equal a rebuild"
     requests = server.requests
     assert runs == 1
-    assert (len(requests), _refused(server, requests), sum(map(_is_probe, requests))) == (6, 3, 1)
+    assert (len(requests), _refused(server, requests), sum(map(_is_probe, requests))) == (9, 4, 3)
     assert any(
-        "can never fit" in r.getMessage() and quarantined.message_id in r.getMessage()
+        "blamed" in r.getMessage() and quarantined.message_id in r.getMessage()
         for r in caplog.records
     ), "the quarantine is logged with the message it took"
 
@@ -1992,12 +1991,11 @@ async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_
     """Ann's entries are shown beside her message whose prompt is over the context window
     on its own: the API's 400 names its tokens and the window's, by which the fixed part
     fits. The message is sent without the entries at once (no probe), and the API's own
-    figures for that request, refused alike once more, put it over the window even with
-    the smallest output. It is quarantined at its first try alone, without a probe: 6
-    requests, 4 refused (each of its three tries used to be probed and tried once more
-    without the entries: 12 requests, 7 refused, 3 probes; the figures of the request
-    with its entries, scaled, quarantined it at once: 4, 2), and no task is left
-    open."""
+    figures for that request put it over the window even with the smallest output: one
+    attempt blamed on it. It is quarantined after its three attempts, without a probe:
+    9 requests, 7 refused (each attempt used to be probed and tried once more without
+    the entries: 12 requests, 7 refused, 3 probes; a resend refused alike quarantined it
+    at its first: 6, 4), and no task is left open."""
     with MessagesAPIServer(default_answer, max_prompt_tokens=4_000) as server:
         async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
@@ -2015,7 +2013,7 @@ async def test_a_lone_message_the_windows_figures_show_too_large_is_quarantined_
     assert differences(db_url) == [], "the projections equal a rebuild"
     requests = server.requests[first:]
     assert runs == 1 and not any(map(_is_probe, requests))
-    assert (len(requests), _refused(server, requests)) == (6, 4)
+    assert (len(requests), _refused(server, requests)) == (9, 7)
 
 
 T0_FAULTS = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -2040,7 +2038,7 @@ async def test_a_long_lone_message_refused_once_for_its_size_is_extracted_not_qu
     after it is answered. The same request is sent once more and extracted within the
     run: one refusal never tells a message too large for any request (it was quarantined
     at that first refusal). Requests: the message's, refused, (for the 413, a probe),
-    and the same request sent again, answered."""
+    and the same request at its next attempt, answered."""
     refused_once = {"done": False}
 
     def once(request: RecordedRequest) -> ScriptedResponse:
@@ -2064,6 +2062,39 @@ async def test_a_long_lone_message_refused_once_for_its_size_is_extracted_not_qu
     assert runs == 1 and refused_once["done"]
     assert (len(requests), probes) == ((3, 1) if fault == "413" else (2, 0))
     assert requests[-1].body == requests[0].body, "the same request, sent once more"
+
+
+@pytest.mark.parametrize("fault", list(PASSING_SIZE_FAULTS))
+async def test_a_long_lone_message_refused_for_its_size_twice_in_a_row_is_extracted_not_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str, fault: str
+) -> None:
+    """A flaky gateway refuses Ann's long lone message for its size twice in a row, the
+    same refusal with the same figures, then answers: each refusal is one attempt of the
+    message, never a quarantine, so its third attempt (``max_attempts``) is extracted.
+    (The same request refused alike twice quarantined it at once, within one attempt.)
+    Requests: three of the message's, the first two refused (for the 413, each probed)."""
+    left = {"refusals": 2}
+
+    def twice(request: RecordedRequest) -> ScriptedResponse:
+        lone = [m.get("content") for m in request.messages]
+        if len(lone) == 1 and MARK in str(lone[0]) and left["refusals"]:
+            left["refusals"] -= 1
+            return PASSING_SIZE_FAULTS[fault]
+        return default_answer(request)
+
+    with MessagesAPIServer(twice) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
+            await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_200)
+            await _run_until_settled(memory, "ann")
+            assert await memory.quarantined("ann") == []
+            found = checked_coverage(memory, "ann")
+            assert len(found.covered) == 1 and not found.buffered
+            assert all(t.done for t in await memory.tasks("ann")), "no task is left open"
+    assert differences(db_url) == [], "the projections equal a rebuild"
+    requests = server.requests
+    probes = sum(map(_is_probe, requests))
+    assert left["refusals"] == 0
+    assert (len(requests), probes) == ((5, 2) if fault == "413" else (3, 0))
 
 
 async def test_a_message_that_fits_the_window_alone_is_extracted_though_its_entries_count_otherwise(

@@ -13,10 +13,10 @@ wedged, the live projections equal a rebuild, every failure a caller sees is typ
 the API key shows in no log record.
 
 A passing fault passes: no message meets more than ``MAX_ATTEMPTS - 1`` of them, since a
-message failing alone ``MAX_ATTEMPTS`` times is quarantined by design, whatever the cause;
-and none meets the over-long prompt twice, since a lone message whose request is refused
-for its size twice alike is quarantined at once, too large for any request (some are
-long enough, weighing more than the fixed prompt, for that path to meet the fault).
+message failing alone ``MAX_ATTEMPTS`` times is quarantined by design, whatever the cause.
+The over-long prompt is no exception: a lone message weighing more than the fixed prompt
+(some are long enough to take that path) may meet it up to ``MAX_ATTEMPTS - 1`` times, and
+is still never quarantined, as a refusal for size is one attempt, never a quarantine.
 The body size limit is no such fault: a request over it is refused every time. The seed
 fixes the draws and the callers' choices, not the interleaving, so what is asserted holds
 whatever order the requests come in; no assertion is about time.
@@ -117,8 +117,7 @@ MENU: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
 class Chaos:
     """The stand-in's responder: poison is refused (400) every time; with ``rate`` any
     other request gets a fault drawn from :data:`MENU`, unless one of its messages met
-    :data:`FAULT_BUDGET` faults already, or the fault is :data:`SIZE_FAULT` and one of them
-    met it already (a refusal for size repeated is a limit's, not a passing fault); else
+    :data:`FAULT_BUDGET` faults already (the over-long prompt as any other); else
     the default answer, citing every message. A :data:`LONG` message alone always draws
     :data:`SIZE_FAULT`, so that the path of a lone message outweighing its request meets
     it."""
@@ -128,7 +127,6 @@ class Chaos:
         self.served: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._faults_met: Counter[str] = Counter()
-        self._sized: set[str] = set()
         self._lock = threading.Lock()
 
     def __call__(self, request: RecordedRequest) -> ScriptedResponse:
@@ -143,12 +141,10 @@ class Chaos:
             if len(contents) == 1 and LONG in contents[0]:
                 kind = SIZE_FAULT  # the fault its size invites, for the path it takes alone
             spent = any(self._faults_met[c] >= FAULT_BUDGET for c in contents)
-            sized = kind == SIZE_FAULT and any(c in self._sized for c in contents)
-            if roll >= self.rate or ((spent or sized) and not probe):
+            if roll >= self.rate or (spent and not probe):
                 return default_answer(request)
             if not probe:
                 self._faults_met.update(contents)
-                self._sized.update(contents if kind == SIZE_FAULT else ())
             if kind == SIZE_FAULT and len(contents) == 1 and LONG in contents[0]:
                 self.served["its over-long prompt, to a long message alone"] += 1
             self.served[kind] += 1

@@ -1463,72 +1463,38 @@ MANY_KNOWN = tuple(
 
 
 @pytest.mark.parametrize(
-    ("known", "requests"), [((), 2), (KNOWN, 3)], ids=["no entry shown", "entries shown"]
+    ("known", "requests", "told"),
+    [((), 1, "the API's figures put it over"), (KNOWN, 2, "no probe sent")],
+    ids=["no entry shown", "entries shown"],
 )
-async def test_a_lone_message_the_windows_figures_put_over_alone_twice_is_oversized(
-    claude: Make, caplog: pytest.LogCaptureFixture, known: tuple[KnownEntry, ...], requests: int
+async def test_a_lone_message_the_windows_figures_put_over_alone_is_blamed_for_one_attempt(
+    claude: Make,
+    caplog: pytest.LogCaptureFixture,
+    known: tuple[KnownEntry, ...],
+    requests: int,
+    told: str,
 ) -> None:
     """The API's 400 names the prompt's tokens and the window's. Its own count of the lone
     message's request with no entry shown (sent so at once when entries were shown: no
     probe) puts it over the window even with the smallest output, while the fixed part
-    fits; the same request sent once more is refused with the same figures: no request
-    can take it, so it is an OversizedMessageError, logged with its user, task and id."""
+    fits: the message is blamed, an OversizedMessageError that counts as one failed
+    attempt, not sent again (a passing fault may refuse it so too), its error and log
+    saying what was tried, with its user, task and id."""
     lone = replace(KNOWN_BATCH, messages=(LONG_MESSAGE,), known=known)
     too_long = "prompt is too long: 24000 tokens > 8000 maximum"
     api = FakeAPI(fail(400, "invalid_request_error", too_long))
     with (
         caplog.at_level(logging.WARNING, logger="memvee.extractors"),
-        pytest.raises(OversizedMessageError, match="can never fit") as caught,
+        pytest.raises(OversizedMessageError, match="one failed attempt") as caught,
     ):
         await claude(api, max_retries=0).extract(lone)
     assert caught.value.too_large and caught.value.probe_accepted and caught.value.repeats
     assert (caught.value.prompt_tokens, caught.value.context_tokens) == (24000, 8000)
+    assert told in str(caught.value) and "harmless" not in str(caught.value)
     assert len(api.requests) == requests
-    assert [len(body["messages"][0]["content"]) for body in api.bodies][-2:] == [
-        len(api.bodies[-1]["messages"][0]["content"])
-    ] * 2, "the request without entries, sent twice"
-    told = [r.getMessage() for r in caplog.records if "can never fit" in r.getMessage()]
-    assert len(told) == 1
-    assert "msg-long" in told[0] and "'u1'" in told[0] and "t2" in told[0] and "24000" in told[0]
-
-
-@pytest.mark.parametrize(
-    "refusal",
-    [
-        fail(400, "invalid_request_error", "prompt is too long: 24000 tokens > 8000 maximum"),
-        fail(413, "request_too_large", "Request too large"),
-    ],
-    ids=["over the window", "413"],
-)
-async def test_a_long_lone_message_refused_once_for_its_size_is_extracted_when_sent_again(
-    claude: Make, refusal: httpx2.Response
-) -> None:
-    """One refusal for size of a lone message outweighing its request may be a passing
-    fault (a gateway's, an API's): the same request is sent once more and its answer
-    read, never the message taken for too large for any request."""
-    lone = replace(BATCH, messages=(LONG_MESSAGE,))
-    api = FakeAPI(refusal, ok(), ok())
-    result = await claude(api, max_retries=0).extract(lone)
-    assert result.facts
-    bodies = api.bodies
-    assert bodies[-1] == bodies[0], "the same request, sent again"
-
-
-async def test_a_lone_message_refused_twice_with_figures_that_disagree_is_not_oversized(
-    claude: Make,
-) -> None:
-    """Refused over the window again, but with other figures, the lone message is at fault
-    as any lone message refused is (tried ``max_attempts`` times), not taken for too
-    large for any request at once."""
-    lone = replace(BATCH, messages=(LONG_MESSAGE,))
-    first = fail(400, "invalid_request_error", "prompt is too long: 24000 tokens > 8000 maximum")
-    again = fail(400, "invalid_request_error", "prompt is too long: 25000 tokens > 9000 maximum")
-    api = FakeAPI(first, again, ok())
-    with pytest.raises(RejectedBatchError) as caught:
-        await claude(api, max_retries=0).extract(lone)
-    assert not isinstance(caught.value, OversizedMessageError)
-    assert caught.value.probe_accepted and caught.value.repeats
-    assert len(api.requests) == 2
+    logged = [r.getMessage() for r in caplog.records if "blamed" in r.getMessage()]
+    assert len(logged) == 1 and told in logged[0]
+    assert "msg-long" in logged[0] and "'u1'" in logged[0] and "t2" in logged[0]
 
 
 async def test_a_lone_message_over_the_window_only_beside_its_entries_is_not_oversized(
@@ -1561,20 +1527,21 @@ async def test_figures_that_put_the_fixed_part_over_the_window_too_blame_no_mess
 
 
 @pytest.mark.parametrize(
-    ("known", "requests"), [((), 3), (KNOWN, 4)], ids=["no entry shown", "entries shown"]
+    ("known", "requests"), [((), 2), (KNOWN, 3)], ids=["no entry shown", "entries shown"]
 )
-async def test_a_lone_message_over_the_body_limit_with_no_entry_shown_is_oversized(
+async def test_a_lone_message_over_the_body_limit_with_no_entry_shown_is_blamed_for_one_attempt(
     claude: Make, known: tuple[KnownEntry, ...], requests: int
 ) -> None:
     """A 413 names no figures: the lone message's request is refused, the same request
-    with a harmless message in place of it accepted, (with entries shown) the message
-    refused again without them, and that request, sent once more, refused alike. No
-    request can take it: an OversizedMessageError, which the engine quarantines at once
-    instead of after ``max_attempts`` tries alike."""
+    with a harmless message in place of it accepted, and (with entries shown) the message
+    refused again without them: the message is blamed, an OversizedMessageError counted
+    as one failed attempt (the engine quarantines it after ``max_attempts``), never sent
+    again within the attempt, as a passing fault may refuse it so too."""
     lone = replace(KNOWN_BATCH, messages=(LONG_MESSAGE,), known=known)
     too_large = fail(413, "request_too_large", "Request too large")
-    api = FakeAPI(too_large, ok(), too_large)
+    api = FakeAPI(too_large, ok(), too_large, ok())
     with pytest.raises(OversizedMessageError, match="HTTP 413") as caught:
         await claude(api, max_retries=0).extract(lone)
     assert caught.value.too_large and caught.value.probe_accepted
+    assert "a harmless request in its place accepted" in str(caught.value)
     assert len(api.requests) == requests
