@@ -2029,26 +2029,27 @@ PASSING_SIZE_FAULTS = {
 Claude soak serves the second as a passing fault)."""
 
 
+@pytest.mark.parametrize("refusals", [1, 2], ids=["once", "twice in a row"])
 @pytest.mark.parametrize("fault", list(PASSING_SIZE_FAULTS))
-async def test_a_long_lone_message_refused_once_for_its_size_is_extracted_not_quarantined(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str, fault: str
+async def test_a_long_lone_message_refused_for_its_size_a_few_times_is_extracted_not_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str, fault: str, refusals: int
 ) -> None:
-    """No limit at all: the first request holding Ann's long message alone (it outweighs
-    the fixed prompt) is refused for its size once, a passing fault, and every request
-    after it is answered. The same request is sent once more and extracted within the
-    run: one refusal never tells a message too large for any request (it was quarantined
-    at that first refusal). Requests: the message's, refused, (for the 413, a probe),
-    and the same request at its next attempt, answered."""
-    refused_once = {"done": False}
+    """No limit at all: a flaky gateway refuses the requests holding Ann's long message
+    alone (it outweighs the fixed prompt) for their size ``refusals`` times in a row, the
+    same refusal with the same figures, then answers. Each refusal is one attempt of the
+    message, never a quarantine, so the same request sent at its next attempt is
+    extracted within the run (one refusal quarantined it at once; so did two alike within
+    one attempt). Requests: one a refusal (each 413 probed), then the one answered."""
+    left = {"refusals": refusals}
 
-    def once(request: RecordedRequest) -> ScriptedResponse:
+    def flaky(request: RecordedRequest) -> ScriptedResponse:
         lone = [m.get("content") for m in request.messages]
-        if len(lone) == 1 and MARK in str(lone[0]) and not refused_once["done"]:
-            refused_once["done"] = True
+        if len(lone) == 1 and MARK in str(lone[0]) and left["refusals"]:
+            left["refusals"] -= 1
             return PASSING_SIZE_FAULTS[fault]
         return default_answer(request)
 
-    with MessagesAPIServer(once) as server:
+    with MessagesAPIServer(flaky) as server:
         async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
             await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_200)
             runs = await _run_until_settled(memory, "ann")
@@ -2059,42 +2060,10 @@ async def test_a_long_lone_message_refused_once_for_its_size_is_extracted_not_qu
     assert differences(db_url) == [], "the projections equal a rebuild"
     requests = server.requests
     probes = sum(map(_is_probe, requests))
-    assert runs == 1 and refused_once["done"]
-    assert (len(requests), probes) == ((3, 1) if fault == "413" else (2, 0))
+    assert runs == 1 and left["refusals"] == 0
+    probed = fault == "413"
+    assert (len(requests), probes) == (refusals * (1 + probed) + 1, refusals * probed)
     assert requests[-1].body == requests[0].body, "the same request, sent once more"
-
-
-@pytest.mark.parametrize("fault", list(PASSING_SIZE_FAULTS))
-async def test_a_long_lone_message_refused_for_its_size_twice_in_a_row_is_extracted_not_quarantined(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str, fault: str
-) -> None:
-    """A flaky gateway refuses Ann's long lone message for its size twice in a row, the
-    same refusal with the same figures, then answers: each refusal is one attempt of the
-    message, never a quarantine, so its third attempt (``max_attempts``) is extracted.
-    (The same request refused alike twice quarantined it at once, within one attempt.)
-    Requests: three of the message's, the first two refused (for the 413, each probed)."""
-    left = {"refusals": 2}
-
-    def twice(request: RecordedRequest) -> ScriptedResponse:
-        lone = [m.get("content") for m in request.messages]
-        if len(lone) == 1 and MARK in str(lone[0]) and left["refusals"]:
-            left["refusals"] -= 1
-            return PASSING_SIZE_FAULTS[fault]
-        return default_answer(request)
-
-    with MessagesAPIServer(twice) as server:
-        async with _memory_over(server, monkeypatch, tmp_path / "u.db", db_url=db_url) as memory:
-            await memory.add_message("ann", "user", f"{MARK} " + "a very long story " * 1_200)
-            await _run_until_settled(memory, "ann")
-            assert await memory.quarantined("ann") == []
-            found = checked_coverage(memory, "ann")
-            assert len(found.covered) == 1 and not found.buffered
-            assert all(t.done for t in await memory.tasks("ann")), "no task is left open"
-    assert differences(db_url) == [], "the projections equal a rebuild"
-    requests = server.requests
-    probes = sum(map(_is_probe, requests))
-    assert left["refusals"] == 0
-    assert (len(requests), probes) == ((5, 2) if fault == "413" else (3, 0))
 
 
 async def test_a_message_that_fits_the_window_alone_is_extracted_though_its_entries_count_otherwise(
