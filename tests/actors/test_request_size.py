@@ -3,6 +3,8 @@ saying the prompt is too long)."""
 
 from __future__ import annotations
 
+import pytest
+
 from actors._request_size import LearnedRequestSize
 from events import BatchLimits
 
@@ -89,32 +91,28 @@ def test_a_refusal_for_size_naming_no_excess_halves_the_batch_as_a_413_does() ->
     assert learned.within(limits).max_tokens == 6_000
 
 
-def test_an_api_counting_thrice_memvees_estimate_teaches_the_share_its_window_leaves() -> None:
-    """The API's excess is in its own tokens: 24,000 counted for a request memvee put at
-    8,000 (2,000 of them the fixed prompt) over a window of 8,000 leaves, in memvee's
-    count, 2,666 of window and 666 of it for the 6,000 of messages (less a tenth), not
-    6,000 less the API's 16,000 of excess (one message for every user)."""
+@pytest.mark.parametrize(
+    ("sent", "prompt_tokens", "estimated_tokens", "learned_max"),
+    [(6_000, 24_000, 8_000, 600), (12_000, 9_000, 18_000, 9_450)],
+    ids=["thrice", "half"],
+)
+def test_an_api_counting_otherwise_than_memvee_teaches_the_share_its_window_leaves(
+    sent: int, prompt_tokens: int, estimated_tokens: int, learned_max: int
+) -> None:
+    """The API's excess is in its own tokens. Thrice: 24,000 counted for a request memvee
+    put at 8,000 (2,000 of them the fixed prompt) over a window of 8,000 leaves, in
+    memvee's count, 2,666 of window and 666 of it for the 6,000 of messages (less a
+    tenth), not 6,000 less the API's 16,000 of excess (one message for every user). Half:
+    9,000 counted for 18,000 leaves the larger share, 9,450 of the 12,000 sent."""
     learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
     learned.too_large(
-        6_000,
-        prompt_tokens=24_000,
+        sent,
+        prompt_tokens=prompt_tokens,
         context_tokens=8_000,
-        estimated_tokens=8_000,
+        estimated_tokens=estimated_tokens,
         fixed_tokens=2_000,
     )
-    assert learned.within(limits).max_tokens == 600
-
-
-def test_an_api_counting_half_memvees_estimate_teaches_the_larger_share_it_leaves() -> None:
-    learned, limits = LearnedRequestSize(clock=_Clock()), BatchLimits(max_tokens=20_000)
-    learned.too_large(
-        12_000,
-        prompt_tokens=9_000,
-        context_tokens=8_000,
-        estimated_tokens=18_000,
-        fixed_tokens=2_000,
-    )
-    assert learned.within(limits).max_tokens == 9_450
+    assert learned.within(limits).max_tokens == learned_max
 
 
 def test_an_excess_named_with_no_estimate_of_the_request_never_teaches_less_than_a_split() -> None:
